@@ -1,0 +1,9 @@
+//! Windlass's CNI plugin as a library: the pieces the `windlass-cni` binary is made of, reusable
+//! by the agent and the test harness.
+//!
+//! - [`netns`]: named network namespaces, entered on dedicated threads.
+//! - [`netlink`]: links, addresses and routes over rtnetlink.
+#![deny(missing_docs)]
+
+pub mod netlink;
+pub mod netns;
