@@ -1,0 +1,58 @@
+//! The test harness for Windlass's privileged integration tests.
+//!
+//! Tests build their own world and leave nothing behind:
+//! - [`topology`]: nodes as network namespaces on a fabric bridge (underlay 192.0.2.0/24), pods as
+//!   namespaces behind veths, removed on drop, also after a panic.
+//! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
+//! - [`traffic`]: an echo server and a client that run inside namespaces.
+//! - [`leaks`]: finds anything left with the test prefix; `cargo xtask test` runs it last.
+//! - [`prereq`]: fails a test with a message naming the `cargo xtask deps` step when something it
+//!   needs is missing; nothing is skipped silently.
+#![deny(missing_docs)]
+
+pub mod bpffs;
+pub mod cgroup;
+pub mod leaks;
+pub mod prefix;
+pub mod prereq;
+pub mod topology;
+pub mod traffic;
+
+pub use windlass_cni::netns::NetNs;
+
+/// Errors from building test fixtures; tests `expect()` them.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A namespace operation failed.
+    #[error(transparent)]
+    NetNs(#[from] windlass_cni::netns::NetNsError),
+    /// A netlink operation failed.
+    #[error(transparent)]
+    Netlink(#[from] windlass_cni::netlink::NetlinkError),
+    /// A filesystem operation failed.
+    #[error("failed to {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fixture could not be set up for another reason.
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub(crate) fn io_err(
+    action: &'static str,
+    path: impl std::fmt::Display,
+) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let path = path.to_string();
+    move |source| HarnessError::Io {
+        action,
+        path,
+        source,
+    }
+}
