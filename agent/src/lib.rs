@@ -3,4 +3,5 @@
 //! parse the command line.
 #![deny(missing_docs)]
 
+pub mod control_plane;
 pub mod ebpf;

@@ -5,6 +5,7 @@
 //!   namespaces behind veths, removed on drop, also after a panic.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
+//! - [`etcd`]: a real etcd on loopback ports for store tests.
 //! - [`leaks`]: finds anything left with the test prefix; `cargo xtask test` runs it last.
 //! - [`prereq`]: fails a test with a message naming the `cargo xtask deps` step when something it
 //!   needs is missing; nothing is skipped silently.
@@ -12,6 +13,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod etcd;
 pub mod leaks;
 pub mod prefix;
 pub mod prereq;

@@ -15,6 +15,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("llvm", "llvm-objdump/llvm-strip for inspecting BPF objects"),
     ("libbpf-dev", "bpf/bpf_helpers.h for ebpf/*.bpf.c"),
     ("bpftool", "inspecting loaded BPF programs and maps"),
+    (
+        "protobuf-compiler",
+        "protoc, for etcd-client's generated gRPC code",
+    ),
+    (
+        "libprotobuf-dev",
+        "google/protobuf/*.proto includes for etcd-client",
+    ),
     ("iproute2", "ip, tc, ss in tests and debugging"),
     ("runc", "the OCI runtime under windlass-shim"),
     ("busybox-static", "the test busybox image"),

@@ -1,0 +1,4 @@
+//! The control plane: `windlass server`'s API server, its store, the scheduler and the
+//! controllers. Nodes reach it only through the Kubernetes API.
+
+pub mod store;
