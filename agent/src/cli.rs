@@ -1,6 +1,9 @@
 //! The `windlass` command line: clap definitions only, no logic.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Windlass: a Kubernetes node agent, eBPF service proxy and small control plane.
 #[derive(Debug, Parser)]
@@ -11,9 +14,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which store `windlass server` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Store {
+    /// Embedded SQLite in the data dir.
+    Sqlite,
+    /// An etcd cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
 /// The `windlass` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the control plane: a Kubernetes-compatible API server.
+    Server {
+        /// Where credentials, admin.kubeconfig and the embedded store live.
+        #[arg(long, default_value = "/var/lib/windlass")]
+        data_dir: PathBuf,
+        /// HTTPS listen address.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// The store.
+        #[arg(long, value_enum, default_value_t = Store::Sqlite)]
+        store: Store,
+        /// etcd client URLs, comma-separated (with --store etcd).
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
+    },
     /// Print the version and the embedded eBPF objects.
     Version,
 }

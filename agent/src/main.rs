@@ -2,14 +2,51 @@
 
 mod cli;
 
+use anyhow::{Context, bail};
 use clap::Parser;
+use windlass::control_plane::server::{self, StoreKind};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli::Cli::parse().command {
+        cli::Command::Server {
+            data_dir,
+            listen,
+            store,
+            etcd_endpoints,
+        } => {
+            let store = match store {
+                cli::Store::Sqlite => StoreKind::Sqlite,
+                cli::Store::Etcd if etcd_endpoints.is_empty() => {
+                    bail!("--store etcd needs --etcd-endpoints")
+                }
+                cli::Store::Etcd => StoreKind::Etcd(etcd_endpoints),
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+            runtime
+                .block_on(server::run(
+                    data_dir,
+                    listen,
+                    store,
+                    |running| {
+                        tracing::info!(addr = %running.addr, kubeconfig = %running.kubeconfig.display(), "API server ready");
+                        println!(
+                            "windlass server listening on https://{}\nexport KUBECONFIG={}; kubectl get namespaces",
+                            running.addr,
+                            running.kubeconfig.display()
+                        );
+                    },
+                    shutdown_signal(),
+                ))
+                .context("windlass server failed")?;
+        }
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -19,4 +56,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (kill, systemd, the kubelet).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

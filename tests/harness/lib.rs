@@ -1,6 +1,7 @@
 //! The test harness for Windlass's privileged integration tests.
 //!
 //! Tests build their own world and leave nothing behind:
+//! - [`apiserver`]: a real `windlass server` process per test, on SQLite or etcd.
 //! - [`topology`]: nodes as network namespaces on a fabric bridge (underlay 192.0.2.0/24), pods as
 //!   namespaces behind veths, removed on drop, also after a panic.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
@@ -11,6 +12,7 @@
 //!   needs is missing; nothing is skipped silently.
 #![deny(missing_docs)]
 
+pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod etcd;

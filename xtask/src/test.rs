@@ -28,6 +28,9 @@ pub fn run(lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ])?;
     }
+    // Integration tests run the real binaries (`windlass server`, ...), which test builds alone
+    // do not produce.
+    paths::cargo(&["build", "--workspace", "--bins"])?;
     let tools_bin = paths::tools_dir().join("bin");
     let nextest = has_nextest();
     let mut suite = test_command(nextest);

@@ -1,0 +1,148 @@
+//! Discovery documents: `/api`, `/apis`, each group version's resource list, and `/version`,
+//! built from the served-resource registry.
+
+use serde_json::{Value, json};
+
+use super::resources::{RESOURCES, Resource};
+
+/// The Kubernetes version this server reports (the API it implements).
+pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
+
+/// `/version`.
+pub fn version() -> Value {
+    let (major, minor) = KUBERNETES_VERSION;
+    json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0+windlass-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", go_arch()),
+    })
+}
+
+/// The architecture as Go (and so every Kubernetes client) names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `/api`.
+pub fn core_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": server_address }],
+    })
+}
+
+/// The groups (other than core) served, in a stable order.
+fn groups() -> Vec<&'static str> {
+    let mut groups: Vec<&'static str> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !groups.contains(&r.group) {
+            groups.push(r.group);
+        }
+    }
+    groups
+}
+
+/// `/apis`.
+pub fn group_list() -> Value {
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .map(|g| {
+            let gv = json!({ "groupVersion": format!("{g}/v1"), "version": "v1" });
+            json!({ "name": g, "versions": [gv], "preferredVersion": gv })
+        })
+        .collect();
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
+}
+
+/// `/apis/<group>`.
+pub fn group(name: &str) -> Option<Value> {
+    groups().contains(&name).then(|| {
+        let gv = json!({ "groupVersion": format!("{name}/v1"), "version": "v1" });
+        json!({ "kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": [gv], "preferredVersion": gv })
+    })
+}
+
+fn verbs(resource: &Resource) -> Vec<&'static str> {
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
+    .into_iter()
+    .filter(|v| *v != "deletecollection" || resource.kind != "Namespace")
+    .collect()
+}
+
+/// `/api/v1` or `/apis/<group>/v1`.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let served: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for r in served {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": verbs(r),
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        for sub in r.subresources {
+            let (kind, sub_verbs, group_version) = match *sub {
+                "scale" => (
+                    "Scale",
+                    vec!["get", "patch", "update"],
+                    Some(("autoscaling", "v1")),
+                ),
+                "binding" => ("Binding", vec!["create"], None),
+                "finalize" => (r.kind, vec!["update"], None),
+                _ => (r.kind, vec!["get", "patch", "update"], None),
+            };
+            let mut entry = json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": kind,
+                "verbs": sub_verbs,
+            });
+            if let Some((g, v)) = group_version {
+                entry["group"] = json!(g);
+                entry["version"] = json!(v);
+            }
+            resources.push(entry);
+        }
+    }
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }))
+}

@@ -1,0 +1,474 @@
+//! `windlass server`'s API server: Kubernetes REST over HTTPS for real clients (kubectl,
+//! kube-rs, the Python client), backed by a [`crate::control_plane::store::Store`].
+//!
+//! - [`pki`]: CA, serving certificate, tokens, `admin.kubeconfig`.
+//! - [`resources`]: the served kinds, validation and defaults; [`handlers`]: the verbs;
+//!   [`watch`]: watch streams; [`patch`]: the patch types; [`selectors`]; [`table`]: server-side
+//!   printing; [`discovery`]; [`status`]: `metav1.Status` errors; [`serve`]: TLS.
+
+pub mod discovery;
+pub mod handlers;
+pub mod patch;
+pub mod pki;
+
+pub mod resources;
+pub mod selectors;
+pub mod serve;
+pub mod status;
+pub mod table;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query as QueryParams, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use self::handlers::{Api, ServiceRanges, Target};
+use self::status::ApiError;
+use crate::control_plane::store::Store;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Credentials could not be made or loaded.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] serve::TlsError),
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed at start-up.
+    #[error(transparent)]
+    Store(#[from] crate::control_plane::store::StoreError),
+    /// Bootstrap objects could not be created.
+    #[error("failed to create bootstrap object {what}: {message}")]
+    Bootstrap {
+        /// Which object.
+        what: String,
+        /// The API's answer.
+        message: String,
+    },
+}
+
+/// What the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where credentials and the embedded store live.
+    pub data_dir: PathBuf,
+    /// The HTTPS listen address.
+    pub listen: SocketAddr,
+    /// Service address ranges.
+    pub ranges: ServiceRanges,
+}
+
+#[derive(Clone)]
+struct AppState {
+    api: Api,
+    admin_token: Arc<str>,
+    server_address: Arc<str>,
+}
+
+/// Where a request path points.
+#[derive(Debug)]
+enum Route {
+    Version,
+    Health,
+    CoreVersions,
+    Groups,
+    Group(String),
+    ResourceList(String, String),
+    Resource(Target, bool),
+    OpenApi,
+}
+
+/// Parses a request path.
+fn route(path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    match segments.as_slice() {
+        ["version"] => return Some(Route::Version),
+        ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
+        ["openapi", ..] => return Some(Route::OpenApi),
+        ["api"] => return Some(Route::CoreVersions),
+        ["apis"] => return Some(Route::Groups),
+        ["apis", group] => return Some(Route::Group((*group).to_string())),
+        _ => {}
+    }
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    if rest.is_empty() {
+        return Some(Route::ResourceList(group.to_string(), version.to_string()));
+    }
+    let (watch, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        _ => (false, rest),
+    };
+    let find = |plural: &str| resources::find(group, version, plural);
+    let target =
+        |resource, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+            resource,
+            namespace: namespace.map(String::from),
+            name: name.map(String::from),
+            subresource: sub.map(String::from),
+        };
+    let t = match rest {
+        ["namespaces", ns, plural] if find(plural).is_some_and(|r| r.namespaced) => {
+            target(find(plural)?, Some(ns), None, None)
+        }
+        ["namespaces", ns, plural, name] if find(plural).is_some_and(|r| r.namespaced) => {
+            target(find(plural)?, Some(ns), Some(name), None)
+        }
+        ["namespaces", ns, plural, name, sub] if find(plural).is_some_and(|r| r.namespaced) => {
+            let r = find(plural)?;
+            r.has_subresource(sub).then_some(())?;
+            target(r, Some(ns), Some(name), Some(sub))
+        }
+        [plural] => target(find(plural)?, None, None, None),
+        [plural, name] => target(find(plural)?, None, Some(name), None),
+        [plural, name, sub] => {
+            let r = find(plural)?;
+            (!r.namespaced && r.has_subresource(sub)).then_some(())?;
+            target(r, None, Some(name), Some(sub))
+        }
+        _ => return None,
+    };
+    if t.name.is_some() && !t.resource.namespaced && t.namespace.is_some() {
+        return None;
+    }
+    Some(Route::Resource(t, watch))
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t)
+            if !t.is_empty() && constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let started = std::time::Instant::now();
+    let path = uri.path().to_string();
+    let result = handle(&state, &method, &path, &headers, &query, &body).await;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let route = route(path).ok_or_else(ApiError::no_route)?;
+    match route {
+        Route::Health => return Ok((StatusCode::OK, "ok").into_response()),
+        Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
+        _ => authenticate(state, headers)?,
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match route {
+        Route::CoreVersions => Ok(json_response(
+            StatusCode::OK,
+            &discovery::core_versions(&state.server_address),
+        )),
+        Route::Groups => Ok(json_response(StatusCode::OK, &discovery::group_list())),
+        Route::Group(g) => discovery::group(&g)
+            .map(|v| json_response(StatusCode::OK, &v))
+            .ok_or_else(ApiError::no_route),
+        Route::ResourceList(g, v) => discovery::resource_list(&g, &v)
+            .map(|list| json_response(StatusCode::OK, &list))
+            .ok_or_else(ApiError::no_route),
+        Route::OpenApi => Err(ApiError::no_route()),
+        Route::Resource(target, watch_path) => {
+            resource(
+                state, method, target, watch_path, query, headers, accept, body,
+            )
+            .await
+        }
+        Route::Health | Route::Version => Err(ApiError::no_route()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn resource(
+    state: &AppState,
+    method: &Method,
+    target: Target,
+    watch_path: bool,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    accept: &str,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let api = &state.api;
+    let as_table = table::wants_table(accept);
+    let watching = watch_path || query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let kind = target.resource.kind;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let parse_body = || -> Result<Value, ApiError> {
+        // Bodies are JSON (or YAML-free JSON); protobuf and CBOR are refused with 415 so that
+        // clients which prefer them (kubectl >= 1.31 sends protobuf) fall back to JSON.
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if !media.is_empty() && media != "application/json" && !media.ends_with("+json") {
+            return Err(ApiError::unsupported_media_type(media));
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    };
+    let render_one = |object: Value| -> Value {
+        if as_table && target.subresource.is_none() {
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            table::table(kind, std::slice::from_ref(&object), &rv, None, true)
+        } else {
+            object
+        }
+    };
+    match (method.clone(), target.name.is_some()) {
+        (Method::GET, _) if watching => {
+            let body = watch::watch(api, &target, query, as_table).await?;
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CACHE_CONTROL, "no-cache, private")
+                .body(body)
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+        }
+        (Method::GET, false) => {
+            let listed = api.list(&target, query).await?;
+            let value = if as_table {
+                table::table(
+                    kind,
+                    &listed.items,
+                    &listed.revision.to_string(),
+                    listed.continue_token.as_deref(),
+                    true,
+                )
+            } else {
+                api.list_object(&target, &listed)
+            };
+            Ok(json_response(StatusCode::OK, &value))
+        }
+        (Method::GET, true) => Ok(json_response(
+            StatusCode::OK,
+            &render_one(api.get(&target).await?),
+        )),
+        (Method::POST, false) => {
+            let created = api.create(&target, parse_body()?).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Method::POST, true) if target.subresource.as_deref() == Some("binding") => {
+            let bound = api.create(&target, parse_body()?).await?;
+            Ok(json_response(StatusCode::CREATED, &bound))
+        }
+        (Method::PUT, true) => Ok(json_response(
+            StatusCode::OK,
+            &api.update(&target, parse_body()?).await?,
+        )),
+        (Method::PATCH, true) => Ok(json_response(
+            StatusCode::OK,
+            &api.patch(&target, content_type, body).await?,
+        )),
+        (Method::DELETE, true) => Ok(json_response(
+            StatusCode::OK,
+            &api.delete(&target, query, body).await?,
+        )),
+        (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
+    }
+}
+
+/// The namespaces every cluster starts with.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the objects every cluster has (system namespaces) if they are missing.
+async fn bootstrap(api: &Api) -> Result<(), ServerError> {
+    let namespaces =
+        resources::find("", "v1", "namespaces").ok_or_else(|| ServerError::Bootstrap {
+            what: "namespaces".into(),
+            message: "not served".into(),
+        })?;
+    for ns in SYSTEM_NAMESPACES {
+        let target = Target {
+            resource: namespaces,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        match api
+            .create(&target, json!({ "metadata": { "name": ns } }))
+            .await
+        {
+            Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => {
+                return Err(ServerError::Bootstrap {
+                    what: format!("namespace {ns}"),
+                    message: e.message,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A running API server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where `admin.kubeconfig` was written.
+    pub kubeconfig: PathBuf,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// Starts serving with `store` until `shutdown` resolves; `on_ready` is called once the server
+/// accepts connections.
+pub async fn run(
+    options: ServerOptions,
+    store: Arc<dyn Store>,
+    on_ready: impl FnOnce(&RunningServer),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let credentials = pki::ensure(&options.data_dir, addr)?;
+    let tls = serve::tls_config(&credentials)?;
+    let api = Api {
+        store,
+        ranges: options.ranges,
+    };
+    bootstrap(&api).await?;
+    let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, addr, &credentials)?;
+    let state = AppState {
+        api,
+        admin_token: credentials.admin_token.clone().into(),
+        server_address: addr.to_string().into(),
+    };
+    let app = Router::new().fallback(dispatch).with_state(state);
+    on_ready(&RunningServer { kubeconfig, addr });
+    serve::serve(listener, tls, app, shutdown).await;
+    Ok(())
+}
+
+/// A body for tests and tools: the empty body.
+pub fn empty_body() -> Body {
+    Body::empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str) -> (Target, bool) {
+        match route(path) {
+            Some(Route::Resource(t, w)) => (t, w),
+            other => panic!("{path} -> {other:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_route_like_kube_apiserver() {
+        let (t, _) = target("/api/v1/namespaces/default/pods/web-0");
+        assert_eq!(
+            (t.resource.plural, t.namespace.as_deref(), t.name.as_deref()),
+            ("pods", Some("default"), Some("web-0"))
+        );
+        let (t, _) = target("/api/v1/namespaces/default/pods/web-0/status");
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let (t, _) = target("/api/v1/namespaces/kube-system");
+        assert_eq!(
+            (t.resource.plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
+        let (t, _) = target("/apis/apps/v1/namespaces/x/deployments/d/scale");
+        assert_eq!(
+            (t.resource.kind, t.subresource.as_deref()),
+            ("Deployment", Some("scale"))
+        );
+        let (t, w) = target("/api/v1/watch/namespaces/x/pods");
+        assert!(w);
+        assert_eq!(t.namespace.as_deref(), Some("x"));
+        let (t, _) = target("/api/v1/pods");
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(route("/api/v1/namespaces/x/pods/p/exec-nope").is_none());
+        assert!(route("/api/v1/widgets").is_none());
+        assert!(matches!(
+            route("/apis/apps/v1"),
+            Some(Route::ResourceList(..))
+        ));
+    }
+}

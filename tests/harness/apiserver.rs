@@ -1,0 +1,229 @@
+//! A real `windlass server` process for one test: its own data dir and loopback port, SQLite or
+//! a test etcd behind it, killed on drop. Clients are the real ones: kubectl (see
+//! [`crate::prereq::kubectls`]) and curl.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::etcd::EtcdServer;
+use crate::{HarnessError, io_err, prefix, prereq};
+
+/// Which store the server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store.
+    Sqlite,
+    /// A test etcd started for this server.
+    Etcd,
+}
+
+/// The `windlass` binary under test: `WINDLASS_BIN`, or `target/debug/windlass` (which
+/// `cargo xtask test` builds before the suite).
+pub fn windlass_bin() -> PathBuf {
+    let path = std::env::var_os("WINDLASS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/windlass")
+        });
+    if !path.is_file() {
+        panic!(
+            "the windlass binary ({}) is missing: run `cargo xtask test` (it builds the binaries) or \
+             `cargo build -p windlass`",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A running `windlass server`.
+#[derive(Debug)]
+pub struct TestServer {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data: tempfile::TempDir,
+    backend: Backend,
+    etcd: Option<EtcdServer>,
+}
+
+fn free_port() -> Result<u16, HarnessError> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(io_err("bind", "127.0.0.1:0"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io_err("read address of", "listener"))?
+        .port())
+}
+
+impl TestServer {
+    /// Starts a server on `backend` and waits until it serves.
+    pub fn start(backend: Backend) -> Result<Self, HarnessError> {
+        let data = tempfile::Builder::new()
+            .prefix(&format!("{}-server", prefix::unique()))
+            .tempdir()
+            .map_err(io_err("create", "server data dir"))?;
+        let etcd = match backend {
+            Backend::Etcd => Some(EtcdServer::start()?),
+            Backend::Sqlite => None,
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let mut server = TestServer {
+            child: None,
+            addr,
+            data,
+            backend,
+            etcd,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let _ = std::fs::remove_file(self.kubeconfig());
+        let mut command = Command::new(windlass_bin());
+        command
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(etcd) = &self.etcd {
+            command.args(["--store", "etcd", "--etcd-endpoints", etcd.client_url()]);
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .map_err(io_err("start", "windlass server"))?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.kubeconfig().is_file()
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(HarnessError::Setup(format!(
+                    "windlass server exited at start: {status}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Setup(
+                    "windlass server did not start within 30 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir, port and store.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.path().join("admin.kubeconfig")
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The store it runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("pki/admin.token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Runs `kubectl args...` against this server.
+    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Output {
+        Command::new(kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", kubectl.display()))
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr when it fails.
+    pub fn kubectl_ok(&self, kubectl: &Path, args: &[&str]) -> String {
+        let out = self.kubectl(kubectl, args);
+        assert!(
+            out.status.success(),
+            "{} {} failed: {}",
+            kubectl.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// One HTTPS request with curl (`-w` appends the status code on a last line).
+    pub fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> (u16, String) {
+        prereq::require_tool("curl");
+        let ca = self.data.path().join("pki/ca.crt");
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "10", "-X", method, "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "-w",
+                "\n%{http_code}",
+            ]);
+        if let Some(token) = token {
+            command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            command.args(["--data-binary", body]);
+        }
+        let out = command
+            .arg(format!("{}{path}", self.url()))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
