@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use windlass_tests::apiserver::{Backend, TestServer};
-use windlass_tests::prereq::kubectls;
+use windlass_tests::prereq::{kubectls, python_client};
 
 macro_rules! per_store {
     ($($check:ident),* $(,)?) => {
@@ -18,6 +18,8 @@ macro_rules! per_store {
 }
 
 per_store!(
+    python_client_works_unmodified,
+    kubectl_apply_of_a_multi_document_manifest_then_edit,
     kubectl_creates_lists_labels_scales_and_deletes,
     kubectl_watch_sees_changes_live,
     stale_update_is_409_and_invalid_object_is_422_naming_the_field,
@@ -202,23 +204,237 @@ fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
     }
 }
 
+const MANIFEST: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: NS
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: NS
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: NS
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: windlass.local/busybox:latest
+        command: ["httpd", "-f", "-p", "8080"]
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: NS
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+fn kubectl_apply_of_a_multi_document_manifest_then_edit(backend: Backend) {
+    let server = TestServer::start(backend).expect("start windlass server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (i, k) in kubectls().iter().enumerate() {
+        let ns = format!("shop-{i}");
+        let manifest = dir.path().join(format!("app-{i}.yaml"));
+        let write = |text: &str| {
+            std::fs::write(&manifest, text.replace("NS", &ns)).expect("write manifest")
+        };
+        let path = manifest.to_str().expect("utf-8 path");
+        write(MANIFEST);
+        // No --validate=false: kubectl fetches /openapi/v2 (protobuf) first.
+        let first = server.kubectl_ok(k, &["apply", "-f", path]);
+        for line in [
+            format!("namespace/{ns} created"),
+            "configmap/web-config created".into(),
+            "deployment.apps/web created".into(),
+            "service/web created".into(),
+        ] {
+            assert!(first.contains(&line), "{line} in:\n{first}");
+        }
+        let again = server.kubectl_ok(k, &["apply", "-f", path]);
+        assert_eq!(
+            again.matches("unchanged").count(),
+            4,
+            "re-applying changes nothing:\n{again}"
+        );
+        write(
+            &MANIFEST
+                .replace("replicas: 2", "replicas: 4")
+                .replace("greeting: hello", "greeting: bonjour"),
+        );
+        let changed = server.kubectl_ok(k, &["apply", "-f", path]);
+        assert!(
+            changed.contains("configmap/web-config configured")
+                && changed.contains("deployment.apps/web configured"),
+            "{changed}"
+        );
+        assert!(changed.contains("service/web unchanged"), "{changed}");
+        let state = server.kubectl_ok(k, &["-n", &ns, "get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"]);
+        assert_eq!(state.trim(), "4 8080");
+
+        // kubectl edit with a scripted editor sends a strategic merge patch.
+        let editor = dir.path().join(format!("editor-{i}.sh"));
+        std::fs::write(
+            &editor,
+            "#!/bin/sh\nsed -i 's/greeting: bonjour/greeting: edited/' \"$1\"\n",
+        )
+        .expect("write editor");
+        std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let out = Command::new(k)
+            .args(["-n", &ns, "edit", "configmap", "web-config"])
+            .env("KUBECONFIG", server.kubeconfig())
+            .env("EDITOR", &editor)
+            .output()
+            .expect("run kubectl edit");
+        assert!(
+            out.status.success(),
+            "edit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let greeting = server.kubectl_ok(
+            k,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "configmap",
+                "web-config",
+                "-o",
+                "jsonpath={.data.greeting}",
+            ],
+        );
+        assert_eq!(greeting, "edited");
+
+        // An invalid object in a manifest is rejected by the server, naming the field.
+        write(&MANIFEST.replace("containerPort: 8080", "containerPort: http"));
+        let bad = server.kubectl(k, &["apply", "-f", path]);
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "an invalid manifest must fail");
+        assert!(stderr.contains("containerPort"), "{stderr}");
+    }
+}
+
+/// The `kubernetes` client from PyPI, as a user would script it.
+const PYTHON_SCRIPT: &str = r#"
+import sys, threading, time
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+core, apps = client.CoreV1Api(), client.AppsV1Api()
+
+core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="py")))
+cm = core.create_namespaced_config_map("py", client.V1ConfigMap(
+    metadata=client.V1ObjectMeta(name="settings", labels={"app": "x"}), data={"k": "v"}))
+assert cm.metadata.uid and cm.metadata.resource_version, cm.metadata
+assert [c.metadata.name for c in core.list_namespaced_config_map("py", label_selector="app=x").items] == ["settings"]
+assert core.list_namespaced_config_map("py", label_selector="app=y").items == []
+assert [n.metadata.name for n in core.list_namespace(field_selector="metadata.name=py").items] == ["py"]
+
+patched = core.patch_namespaced_config_map("settings", "py", {"data": {"k": "w"}})
+assert patched.data == {"k": "w"}, patched.data
+stale = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="settings", resource_version=cm.metadata.resource_version), data={"k": "stale"})
+try:
+    core.replace_namespaced_config_map("settings", "py", stale)
+    raise SystemExit("stale replace was accepted")
+except ApiException as e:
+    assert e.status == 409, e
+
+bad = client.V1Pod(metadata=client.V1ObjectMeta(name="bad"), spec=client.V1PodSpec(containers=[client.V1Container(name="c")]))
+try:
+    core.create_namespaced_pod("py", bad)
+    raise SystemExit("invalid pod was accepted")
+except ApiException as e:
+    assert e.status == 422 and "spec.containers[0].image" in e.body, e
+
+dep = apps.create_namespaced_deployment("py", client.V1Deployment(
+    metadata=client.V1ObjectMeta(name="web"),
+    spec=client.V1DeploymentSpec(replicas=1, selector=client.V1LabelSelector(match_labels={"app": "web"}),
+        template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels={"app": "web"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="web", image="windlass.local/busybox:latest")])))))
+assert dep.spec.strategy.type == "RollingUpdate", dep.spec.strategy
+scale = apps.patch_namespaced_deployment_scale("web", "py", {"spec": {"replicas": 3}})
+assert scale.spec.replicas == 3
+
+def later():
+    time.sleep(0.5)
+    core.create_namespaced_config_map("py", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="live")))
+threading.Thread(target=later).start()
+seen = []
+for event in watch.Watch().stream(core.list_namespaced_config_map, "py", timeout_seconds=20):
+    seen.append((event["type"], event["object"].metadata.name))
+    if event["object"].metadata.name == "live":
+        break
+assert ("ADDED", "settings") in seen and ("ADDED", "live") in seen, seen
+
+core.delete_namespaced_config_map("live", "py")
+assert [c.metadata.name for c in core.list_namespaced_config_map("py").items] == ["settings"]
+print("python client OK")
+"#;
+
+fn python_client_works_unmodified(backend: Backend) {
+    let server = TestServer::start(backend).expect("start windlass server");
+    let python = python_client();
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(PYTHON_SCRIPT)
+        .arg(server.kubeconfig())
+        .output()
+        .expect("run the python client");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python client OK"));
+}
+
 fn kubectl_watch_sees_changes_live(backend: Backend) {
     let server = TestServer::start(backend).expect("start windlass server");
     let creator = json_kubectl();
-    for k in kubectls() {
-        let mut watcher = Command::new(&k)
-            .args(["get", "configmaps", "-n", "default", "-w", "-o", "name"])
+    let run = |name: &str| {
+        server.kubectl_ok(
+            &creator,
+            &[
+                "-n",
+                "default",
+                "run",
+                name,
+                "--image=windlass.local/busybox:latest",
+                "--restart=Never",
+            ],
+        );
+    };
+    for (i, k) in kubectls().iter().enumerate() {
+        let mut watcher = Command::new(k)
+            .args(["get", "pods", "-n", "default", "-w", "-o", "name"])
             .env("KUBECONFIG", server.kubeconfig())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start kubectl get -w");
-        // The watch must be established before the changes: the first line of `-w` output
-        // follows the initial list, so create a marker and wait for it to appear.
-        server.kubectl_ok(
-            &creator,
-            &["-n", "default", "create", "configmap", "marker"],
-        );
+            .expect("start kubectl get pods -w");
         let stdout = watcher.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -239,17 +455,20 @@ fn kubectl_watch_sees_changes_live(backend: Backend) {
                 match rx.recv_timeout(left) {
                     Ok(line) if line.trim() == expected => return,
                     Ok(_) => continue,
-                    Err(_) => panic!("kubectl get -w never showed {expected}"),
+                    Err(_) => panic!("kubectl get pods -w never showed {expected}"),
                 }
             }
         };
-        wait_for("configmap/marker");
-        server.kubectl_ok(&creator, &["-n", "default", "create", "configmap", "live"]);
-        wait_for("configmap/live");
-        server.kubectl_ok(
-            &k,
-            &["-n", "default", "delete", "configmap", "live", "marker"],
-        );
+        // A first pod shows the watch is established (it may arrive from the initial list or
+        // as a live event); the second one can only arrive live.
+        let (marker, live) = (format!("marker-{i}"), format!("live-{i}"));
+        run(&marker);
+        wait_for(&format!("pod/{marker}"));
+        run(&live);
+        wait_for(&format!("pod/{live}"));
+        server.kubectl_ok(k, &["-n", "default", "label", "pod", &live, "changed=yes"]);
+        wait_for(&format!("pod/{live}"));
+        server.kubectl_ok(k, &["-n", "default", "delete", "pod", &live, &marker]);
         let _ = watcher.kill();
         let _ = watcher.wait();
     }

@@ -39,6 +39,23 @@ pub fn tools_dir() -> PathBuf {
     }
 }
 
+/// The Python interpreter of the venv where `cargo xtask deps` installs the `kubernetes`
+/// client from PyPI.
+pub fn python_client() -> PathBuf {
+    let python = tools_dir().join("../python/bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import kubernetes"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        panic!(
+            "the Python kubernetes client ({}) is missing: run `cargo xtask deps`",
+            python.display()
+        );
+    }
+    python
+}
+
 /// Every kubectl the client-facing tests must pass against: the project-local one that
 /// `cargo xtask deps` unpacks (Debian's kubernetes-client), and a different `kubectl` on PATH when
 /// there is one.

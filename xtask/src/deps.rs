@@ -48,12 +48,16 @@ const PACKAGES: &[(&str, &str)] = &[
 /// Debian's kubectl, unpacked project-locally.
 const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
+/// The Kubernetes Python client from PyPI, installed into `target/tools/python` (a venv).
+const PYTHON_CLIENT: &str = "kubernetes==37.0.2";
+
 /// Installs whatever is missing; prints nothing when nothing is.
 pub fn run(check_only: bool) -> Result<()> {
     let missing = missing_packages()?;
     let kubectl_ok = kubectl_present();
+    let python_ok = python_client_present();
     if check_only {
-        if missing.is_empty() && kubectl_ok {
+        if missing.is_empty() && kubectl_ok && python_ok {
             return Ok(());
         }
         let mut lines: Vec<String> = missing
@@ -67,6 +71,12 @@ pub fn run(check_only: bool) -> Result<()> {
                 paths::tools_dir().join("bin").display()
             ));
         }
+        if !python_ok {
+            lines.push(format!(
+                "  {PYTHON_CLIENT} (in {})",
+                python_venv().display()
+            ));
+        }
         bail!("missing (run `cargo xtask deps`):\n{}", lines.join("\n"));
     }
     if !missing.is_empty() {
@@ -74,6 +84,51 @@ pub fn run(check_only: bool) -> Result<()> {
     }
     if !kubectl_ok {
         unpack_kubectl()?;
+    }
+    if !python_ok {
+        install_python_client()?;
+    }
+    Ok(())
+}
+
+/// The venv holding the Python client.
+fn python_venv() -> std::path::PathBuf {
+    paths::tools_dir().join("python")
+}
+
+fn python_client_present() -> bool {
+    Command::new(python_venv().join("bin/python"))
+        .args(["-c", "import kubernetes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `python3 -m venv target/tools/python` + `pip install kubernetes==...` from PyPI.
+fn install_python_client() -> Result<()> {
+    let venv = python_venv();
+    eprintln!(
+        "xtask deps: installing the Python client ({PYTHON_CLIENT}) into {}",
+        venv.display()
+    );
+    let _ = std::fs::remove_dir_all(&venv);
+    crate::paths::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("python3 -m venv failed: is python3 (with venv) installed?")?;
+    let out = Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            PYTHON_CLIENT,
+        ])
+        .output()
+        .context("failed to run pip")?;
+    if !out.status.success() {
+        bail!(
+            "pip install {PYTHON_CLIENT} failed (is PyPI reachable?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

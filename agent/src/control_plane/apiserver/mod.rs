@@ -8,6 +8,7 @@
 
 pub mod discovery;
 pub mod handlers;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 
@@ -237,6 +238,19 @@ async fn handle(
         Route::ResourceList(g, v) => discovery::resource_list(&g, &v)
             .map(|list| json_response(StatusCode::OK, &list))
             .ok_or_else(ApiError::no_route),
+        Route::OpenApi if path.trim_end_matches('/') == "/openapi/v2" => {
+            let document = openapi::document(&serde_json::json!({}));
+            if accept.contains("protobuf") {
+                Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, openapi::PROTOBUF_MEDIA_TYPE)],
+                    openapi::to_protobuf(&document),
+                )
+                    .into_response())
+            } else {
+                Ok(json_response(StatusCode::OK, &document))
+            }
+        }
         Route::OpenApi => Err(ApiError::no_route()),
         Route::Resource(target, watch_path) => {
             resource(
