@@ -40,6 +40,9 @@ pub enum Command {
         /// etcd client URLs, comma-separated (with --store etcd).
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Seconds between compactions of the store's history (kube-apiserver: 300).
+        #[arg(long, default_value_t = 300)]
+        compaction_interval_seconds: u64,
     },
     /// Print the version and the embedded eBPF objects.
     Version,

@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             store,
             etcd_endpoints,
+            compaction_interval_seconds,
         } => {
             let store = match store {
                 cli::Store::Sqlite => StoreKind::Sqlite,
@@ -35,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                     data_dir,
                     listen,
                     store,
+                    std::time::Duration::from_secs(compaction_interval_seconds.max(1)),
                     |running| {
                         tracing::info!(addr = %running.addr, kubeconfig = %running.kubeconfig.display(), "API server ready");
                         println!(

@@ -45,6 +45,7 @@ pub struct TestServer {
     data: tempfile::TempDir,
     backend: Backend,
     etcd: Option<EtcdServer>,
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> Result<u16, HarnessError> {
@@ -59,6 +60,11 @@ fn free_port() -> Result<u16, HarnessError> {
 impl TestServer {
     /// Starts a server on `backend` and waits until it serves.
     pub fn start(backend: Backend) -> Result<Self, HarnessError> {
+        Self::start_with(backend, &[])
+    }
+
+    /// Starts a server with extra `windlass server` flags.
+    pub fn start_with(backend: Backend, extra_args: &[&str]) -> Result<Self, HarnessError> {
         let data = tempfile::Builder::new()
             .prefix(&format!("{}-server", prefix::unique()))
             .tempdir()
@@ -74,6 +80,7 @@ impl TestServer {
             data,
             backend,
             etcd,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -88,6 +95,7 @@ impl TestServer {
             .arg(self.data.path())
             .arg("--listen")
             .arg(self.addr.to_string())
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -42,6 +42,7 @@ pub async fn run(
     data_dir: PathBuf,
     listen: SocketAddr,
     store: StoreKind,
+    compaction_interval: std::time::Duration,
     on_ready: impl FnOnce(&RunningServer),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -54,6 +55,7 @@ pub async fn run(
         data_dir,
         listen,
         ranges: ServiceRanges::default(),
+        compaction_interval,
     };
     apiserver::run(options, store, on_ready, shutdown).await
 }

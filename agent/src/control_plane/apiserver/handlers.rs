@@ -57,6 +57,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// Service ranges.
     pub ranges: ServiceRanges,
+    /// Watch caches, one per resource.
+    pub caches: Arc<super::watch_cache::WatchCaches>,
 }
 
 impl std::fmt::Debug for Api {

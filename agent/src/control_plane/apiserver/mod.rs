@@ -18,6 +18,7 @@ pub mod serve;
 pub mod status;
 pub mod table;
 pub mod watch;
+pub mod watch_cache;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +76,33 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Service address ranges.
     pub ranges: ServiceRanges,
+    /// How often history is compacted (to the revision seen one interval before), as
+    /// kube-apiserver does every 5 minutes.
+    pub compaction_interval: std::time::Duration,
+}
+
+/// Compacts the store every `interval` to the revision it had one interval earlier, so watches
+/// and continue tokens younger than one interval always work and history stays bounded.
+async fn compact_periodically(store: Arc<dyn Store>, interval: std::time::Duration) {
+    let mut previous = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let current = match store.current_revision().await {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction: cannot read the current revision");
+                continue;
+            }
+        };
+        if let Some(rev) = previous.filter(|r| *r > 0) {
+            match store.compact(rev).await {
+                Ok(()) => tracing::debug!(revision = rev, "compacted history"),
+                Err(crate::control_plane::store::StoreError::Compacted { .. }) => {}
+                Err(e) => tracing::warn!(revision = rev, error = %e, "compaction failed"),
+            }
+        }
+        previous = Some(current);
+    }
 }
 
 #[derive(Clone)]
@@ -93,6 +121,7 @@ enum Route {
     Groups,
     Group(String),
     ResourceList(String, String),
+    Metrics,
     Resource(Target, bool),
     OpenApi,
 }
@@ -108,6 +137,7 @@ fn route(path: &str) -> Option<Route> {
         ["version"] => return Some(Route::Version),
         ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
         ["openapi", ..] => return Some(Route::OpenApi),
+        ["metrics"] => return Some(Route::Metrics),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
         ["apis", group] => return Some(Route::Group((*group).to_string())),
@@ -252,6 +282,12 @@ async fn handle(
             }
         }
         Route::OpenApi => Err(ApiError::no_route()),
+        Route::Metrics => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            state.api.caches.metrics(),
+        )
+            .into_response()),
         Route::Resource(target, watch_path) => {
             resource(
                 state, method, target, watch_path, query, headers, accept, body,
@@ -424,8 +460,13 @@ pub async fn run(
     let api = Api {
         store,
         ranges: options.ranges,
+        caches: Default::default(),
     };
     bootstrap(&api).await?;
+    tokio::spawn(compact_periodically(
+        api.store.clone(),
+        options.compaction_interval,
+    ));
     let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, addr, &credentials)?;
     let state = AppState {
         api,

@@ -10,16 +10,30 @@ use axum::body::{Body, Bytes};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::handlers::{Api, ListRequest, Query, Target, decode};
 use super::status::ApiError;
 use super::table;
-use crate::control_plane::store::{Event, KeyValue, ListOptions, StoreError};
+use super::watch_cache::{Gauge, Start};
+use crate::control_plane::store::{Event, KeyValue, StoreError};
 
 /// Longest a watch stays open when the client sets no `timeoutSeconds` (kube-apiserver picks
 /// between 30 and 60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often a bookmark is sent to clients that allow them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// Where a client watch's events come from.
+enum Source {
+    /// The watch cache: a backlog, then the shared live stream.
+    Cache(
+        Vec<Arc<Event>>,
+        tokio::sync::broadcast::Receiver<Arc<Event>>,
+    ),
+    /// A direct store watch (revision older than the cache's window).
+    Store(Result<crate::control_plane::store::WatchStream, StoreError>),
+}
 
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut text = json!({ "type": kind, "object": object }).to_string();
@@ -78,19 +92,32 @@ pub async fn watch(
         .get("resourceVersion")
         .map(String::as_str)
         .unwrap_or("");
-    let (initial, from): (Vec<KeyValue>, i64) = if rv.is_empty() || rv == "0" {
-        let list = api
-            .store
-            .list(&prefix, &ListOptions::default())
-            .await
-            .map_err(|e| ApiError::from_store(e, r.group, r.plural, ""))?;
-        (list.items, list.revision)
+    let from = if rv.is_empty() || rv == "0" {
+        None
     } else {
-        (
-            Vec::new(),
-            rv.parse()
+        Some(
+            rv.parse::<i64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
         )
+    };
+    // One store watch per resource, shared by every client (the watch cache); only a revision
+    // older than its window goes to the store directly.
+    let cache = api
+        .caches
+        .get(&r.key_prefix(None), &api.store)
+        .ok_or_else(|| ApiError::internal("watch cache unavailable"))?;
+    let (initial, source): (Vec<KeyValue>, Source) = match cache.start(&prefix, from).await {
+        Start::Snapshot {
+            objects, events, ..
+        } => (objects, Source::Cache(Vec::new(), events)),
+        Start::Replay { backlog, events } => (Vec::new(), Source::Cache(backlog, events)),
+        Start::TooOld => {
+            let from = from.unwrap_or_default();
+            (
+                Vec::new(),
+                Source::Store(api.store.watch(&prefix, from).await),
+            )
+        }
     };
     let timeout = query
         .get("timeoutSeconds")
@@ -100,7 +127,6 @@ pub async fn watch(
     let bookmarks = query
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true" || v == "1");
-    let store_events = api.store.watch(&prefix, from).await;
     let kind = r.kind;
     let api_version = r.api_version();
     let matches_name = move |object: &Value| {
@@ -109,7 +135,11 @@ pub async fn watch(
             .is_none_or(|n| object.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
     };
 
+    let caches = api.caches.clone();
+    let direct = matches!(source, Source::Store(_));
     let stream = async_stream::stream! {
+        let _client = Gauge::hold(&caches.client_watches);
+        let _direct = direct.then(|| Gauge::hold(&caches.direct_store_watches));
         let mut first_row = true;
         let mut render = |event_type: &str, object: &Value| -> Bytes {
             if as_table && event_type != "BOOKMARK" && event_type != "ERROR" {
@@ -128,14 +158,25 @@ pub async fn watch(
                 _ => {}
             }
         }
-        let mut events = match store_events {
-            Ok(events) => events,
-            Err(StoreError::Compacted { requested, compacted }) => {
+        let mut events: futures::stream::BoxStream<'static, Result<Arc<Event>, StoreError>> = match source {
+            Source::Cache(backlog, receiver) => {
+                let live = futures::stream::unfold(receiver, |mut receiver| async move {
+                    match receiver.recv().await {
+                        Ok(event) => Some((Ok(event), receiver)),
+                        // Cut off (too slow) or the cache was rebuilt: end the stream; the client
+                        // re-watches from its last resourceVersion.
+                        Err(_) => None,
+                    }
+                });
+                futures::stream::iter(backlog.into_iter().map(Ok)).chain(live).boxed()
+            }
+            Source::Store(Ok(stream)) => stream.map(|e| e.map(Arc::new)).boxed(),
+            Source::Store(Err(StoreError::Compacted { requested, compacted })) => {
                 let status = ApiError::expired(format!("too old resource version: {requested} ({compacted})")).to_status();
                 yield Ok(render("ERROR", &status));
                 return;
             }
-            Err(e) => {
+            Source::Store(Err(e)) => {
                 yield Ok(render("ERROR", &ApiError::internal(e.to_string()).to_status()));
                 return;
             }
@@ -144,7 +185,7 @@ pub async fn watch(
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
         ticker.tick().await;
-        let mut last = from;
+        let mut last = from.unwrap_or_default();
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
@@ -155,6 +196,9 @@ pub async fn watch(
                 next = events.next() => match next {
                     None => break,
                     Some(Ok(event)) => {
+                        if !event.key().starts_with(&prefix) {
+                            continue;
+                        }
                         last = event.revision();
                         match translate(&event, &request) {
                             Ok(Some((event_type, object))) if matches_name(&object) => yield Ok(render(event_type, &object)),
