@@ -18,6 +18,7 @@ macro_rules! per_store {
 }
 
 per_store!(
+    nodes_join_and_write_only_their_own_objects,
     watch_from_a_compacted_revision_gets_410,
     watches_share_one_store_watch_per_resource,
     python_client_works_unmodified,
@@ -335,6 +336,270 @@ fn kubectl_apply_of_a_multi_document_manifest_then_edit(backend: Backend) {
         assert!(!bad.status.success(), "an invalid manifest must fail");
         assert!(stderr.contains("containerPort"), "{stderr}");
     }
+}
+
+fn nodes_join_and_write_only_their_own_objects(backend: Backend) {
+    let server = TestServer::start(backend).expect("start windlass server");
+    let admin = server.admin_token();
+    let join_token =
+        std::fs::read_to_string(server.data_dir().join("pki/node-join.token")).expect("join token");
+    let join = |token: &str, node: &str| {
+        server.curl(
+            "POST",
+            "/windlass/v1/join",
+            Some(token),
+            Some(&format!(r#"{{"node":"{node}"}}"#)),
+            "application/json",
+        )
+    };
+    assert_eq!(join("wrong", "n1").0, 401);
+    assert_eq!(
+        join(&admin, "n1").0,
+        401,
+        "the admin token is not the join token"
+    );
+    let (code, kubeconfig) = join(join_token.trim(), "n1");
+    assert_eq!(code, 200, "{kubeconfig}");
+    let config = json(&kubeconfig);
+    assert_eq!(config["users"][0]["name"], "system:node:n1");
+    let node = config["users"][0]["user"]["token"]
+        .as_str()
+        .expect("node token")
+        .to_string();
+    let node = node.as_str();
+
+    let post = |token: &str, path: &str, body: &str| {
+        server
+            .curl("POST", path, Some(token), Some(body), "application/json")
+            .0
+    };
+    assert_eq!(
+        post(node, "/api/v1/nodes", r#"{"metadata":{"name":"n1"}}"#),
+        201,
+        "a node registers itself"
+    );
+    assert_eq!(
+        post(node, "/api/v1/nodes", r#"{"metadata":{"name":"n2"}}"#),
+        403,
+        "but not another node"
+    );
+    assert_eq!(
+        post(
+            admin.as_str(),
+            "/api/v1/nodes",
+            r#"{"metadata":{"name":"n2"}}"#
+        ),
+        201
+    );
+    assert_eq!(
+        server.curl("GET", "/api/v1/nodes", Some(node), None, "").0,
+        200
+    );
+    let merge = |token: &str, path: &str, body: &str| {
+        server
+            .curl(
+                "PATCH",
+                path,
+                Some(token),
+                Some(body),
+                "application/merge-patch+json",
+            )
+            .0
+    };
+    assert_eq!(
+        merge(
+            node,
+            "/api/v1/nodes/n1/status",
+            r#"{"status":{"phase":"Running"}}"#
+        ),
+        200
+    );
+    assert_eq!(
+        merge(
+            node,
+            "/api/v1/nodes/n2/status",
+            r#"{"status":{"phase":"Running"}}"#
+        ),
+        403
+    );
+
+    let lease = |name: &str| {
+        format!(r#"{{"metadata":{{"name":"{name}"}},"spec":{{"holderIdentity":"{name}"}}}}"#)
+    };
+    assert_eq!(
+        post(
+            node,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            &lease("n1")
+        ),
+        201
+    );
+    assert_eq!(
+        post(
+            node,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            &lease("n2")
+        ),
+        403
+    );
+    assert_eq!(
+        post(
+            node,
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+            &lease("n1")
+        ),
+        403
+    );
+
+    let pod = |name: &str, on: &str| {
+        format!(
+            r#"{{"metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{on}","containers":[{{"name":"c","image":"windlass.local/busybox:latest"}}]}}}}"#
+        )
+    };
+    assert_eq!(
+        post(
+            node,
+            "/api/v1/namespaces/default/pods",
+            &pod("sneaky", "n1")
+        ),
+        403,
+        "nodes do not create ordinary pods"
+    );
+    assert_eq!(
+        post(
+            admin.as_str(),
+            "/api/v1/namespaces/default/pods",
+            &pod("mine", "n1")
+        ),
+        201
+    );
+    assert_eq!(
+        post(
+            admin.as_str(),
+            "/api/v1/namespaces/default/pods",
+            &pod("theirs", "n2")
+        ),
+        201
+    );
+    assert_eq!(
+        merge(
+            node,
+            "/api/v1/namespaces/default/pods/mine/status",
+            r#"{"status":{"phase":"Running"}}"#
+        ),
+        200
+    );
+    assert_eq!(
+        merge(
+            node,
+            "/api/v1/namespaces/default/pods/theirs/status",
+            r#"{"status":{"phase":"Running"}}"#
+        ),
+        403
+    );
+    assert_eq!(
+        merge(
+            node,
+            "/api/v1/namespaces/default/pods/mine",
+            r#"{"metadata":{"labels":{"x":"y"}}}"#
+        ),
+        403,
+        "spec and metadata stay the owner's"
+    );
+    assert_eq!(
+        server
+            .curl(
+                "DELETE",
+                "/api/v1/namespaces/default/pods/theirs",
+                Some(node),
+                None,
+                ""
+            )
+            .0,
+        403
+    );
+    let (code, body) = server.curl(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/mine",
+        Some(node),
+        None,
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["metadata"]["deletionTimestamp"].is_string(),
+        "a bound pod is deleted gracefully: {body}"
+    );
+
+    assert_eq!(
+        server
+            .curl(
+                "GET",
+                "/api/v1/namespaces/default/configmaps",
+                Some(node),
+                None,
+                ""
+            )
+            .0,
+        200
+    );
+    assert_eq!(
+        post(
+            node,
+            "/api/v1/namespaces/default/configmaps",
+            r#"{"metadata":{"name":"c"}}"#
+        ),
+        403
+    );
+    assert_eq!(
+        post(
+            node,
+            "/api/v1/namespaces/default/events",
+            r#"{"metadata":{"name":"e"},"involvedObject":{"kind":"Node","name":"n1"},"reason":"Started"}"#
+        ),
+        201
+    );
+    let (code, body) = server.curl("GET", "/apis/apps/v1/deployments", Some(node), None, "");
+    assert_eq!(code, 403);
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("system:node:n1")),
+        "{body}"
+    );
+
+    // kubectl with the node's kubeconfig sees the same rules.
+    let node_kubeconfig = server.data_dir().join("n1.kubeconfig");
+    std::fs::write(&node_kubeconfig, &kubeconfig).expect("write node kubeconfig");
+    let k = &kubectls()[0];
+    let out = Command::new(k)
+        .args(["get", "nodes", "-o", "name"])
+        .env("KUBECONFIG", &node_kubeconfig)
+        .output()
+        .expect("kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["node/n1", "node/n2"]
+    );
+    let out = Command::new(k)
+        .args(["delete", "node", "n2"])
+        .env("KUBECONFIG", &node_kubeconfig)
+        .output()
+        .expect("kubectl");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Forbidden")
+            || String::from_utf8_lossy(&out.stderr).contains("forbidden")
+    );
+
+    // Joining again rotates the token: the old one stops working.
+    let (code, _) = join(join_token.trim(), "n1");
+    assert_eq!(code, 200);
+    assert_eq!(
+        server.curl("GET", "/api/v1/nodes", Some(node), None, "").0,
+        401
+    );
 }
 
 fn watch_from_a_compacted_revision_gets_410(backend: Backend) {

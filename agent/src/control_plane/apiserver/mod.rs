@@ -6,6 +6,7 @@
 //!   [`watch`]: watch streams; [`patch`]: the patch types; [`selectors`]; [`table`]: server-side
 //!   printing; [`discovery`]; [`status`]: `metav1.Status` errors; [`serve`]: TLS.
 
+pub mod auth;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
@@ -108,7 +109,8 @@ async fn compact_periodically(store: Arc<dyn Store>, interval: std::time::Durati
 #[derive(Clone)]
 struct AppState {
     api: Api,
-    admin_token: Arc<str>,
+    auth: auth::Authenticator,
+    ca_pem: Arc<str>,
     server_address: Arc<str>,
 }
 
@@ -122,6 +124,7 @@ enum Route {
     Group(String),
     ResourceList(String, String),
     Metrics,
+    Join,
     Resource(Target, bool),
     OpenApi,
 }
@@ -138,6 +141,7 @@ fn route(path: &str) -> Option<Route> {
         ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
         ["openapi", ..] => return Some(Route::OpenApi),
         ["metrics"] => return Some(Route::Metrics),
+        ["windlass", "v1", "join"] => return Some(Route::Join),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
         ["apis", group] => return Some(Route::Group((*group).to_string())),
@@ -199,24 +203,45 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token {
-        Some(t)
-            if !t.is_empty() && constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()) =>
-        {
-            Ok(())
-        }
-        _ => Err(ApiError::unauthorized()),
-    }
+        .map(str::trim)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The join step: a node presenting the node-join token gets its own `system:node:<name>`
+/// token, as a kubeconfig pointing at the address it reached this server by.
+async fn join(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    if !state.auth.is_join_token(bearer(headers)) {
+        return Err(ApiError::unauthorized());
+    }
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid join request: {e}")))?;
+    let node = request
+        .get("node")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("the join request needs \"node\""))?;
+    let token = state.auth.issue_node_token(&state.api.store, node).await?;
+    let server = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("https://{h}"))
+        .unwrap_or_else(|| format!("https://{}", state.server_address));
+    let kubeconfig = pki::kubeconfig(
+        &server,
+        &state.ca_pem,
+        &format!("system:node:{node}"),
+        &token,
+    );
+    tracing::info!(node, "node joined");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        kubeconfig,
+    )
+        .into_response())
 }
 
 async fn dispatch(
@@ -250,8 +275,10 @@ async fn handle(
     match route {
         Route::Health => return Ok((StatusCode::OK, "ok").into_response()),
         Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
-        _ => authenticate(state, headers)?,
+        Route::Join if method == Method::POST => return join(state, headers, body).await,
+        _ => {}
     }
+    let user = state.auth.authenticate(bearer(headers))?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -290,17 +317,18 @@ async fn handle(
             .into_response()),
         Route::Resource(target, watch_path) => {
             resource(
-                state, method, target, watch_path, query, headers, accept, body,
+                state, &user, method, target, watch_path, query, headers, accept, body,
             )
             .await
         }
-        Route::Health | Route::Version => Err(ApiError::no_route()),
+        Route::Health | Route::Version | Route::Join => Err(ApiError::no_route()),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn resource(
     state: &AppState,
+    user: &auth::User,
     method: &Method,
     target: Target,
     watch_path: bool,
@@ -312,6 +340,14 @@ async fn resource(
     let api = &state.api;
     let as_table = table::wants_table(accept);
     let watching = watch_path || query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    auth::authorize(
+        api,
+        user,
+        auth::verb(method, &target, watching),
+        &target,
+        body,
+    )
+    .await?;
     let kind = target.resource.kind;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -468,9 +504,16 @@ pub async fn run(
         options.compaction_interval,
     ));
     let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, addr, &credentials)?;
+    let auth = auth::Authenticator::load(
+        &api.store,
+        &credentials.admin_token,
+        &credentials.node_join_token,
+    )
+    .await?;
     let state = AppState {
         api,
-        admin_token: credentials.admin_token.clone().into(),
+        auth,
+        ca_pem: credentials.ca_pem.clone().into(),
         server_address: addr.to_string().into(),
     };
     let app = Router::new().fallback(dispatch).with_state(state);
