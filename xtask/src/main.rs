@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's developer tasks. Each subcommand lives in its own module; this
 //! file only parses the command line.
 
+mod bench;
 mod deps;
 mod paths;
 mod test;
@@ -36,6 +37,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark (`apiserver`); results go to target/bench/.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
     /// Start a single-node cluster on this host (server + agent, embedded store).
     Up {
         /// Where the cluster keeps its state.
@@ -50,6 +56,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => paths::cargo(&["build", "--package", "windlass"])
             .context("building the agent, whose build.rs compiles ebpf/*.bpf.c"),
         Command::Test { no_lint, args } => test::run(!no_lint, &args),
+        Command::Bench { name } => bench::run(&name),
         Command::Up { data_dir } => {
             deps::ensure()?;
             bail!(

@@ -165,11 +165,9 @@ impl ListRequest {
     }
 }
 
-/// The result of a list: items, the revision and a continue token when more remain.
-#[derive(Debug)]
-pub struct Listed {
-    /// Selected objects.
-    pub items: Vec<Value>,
+/// What a list ends with: its revision and a continue token when more remain.
+#[derive(Debug, Clone)]
+pub struct ListMeta {
     /// The snapshot revision.
     pub revision: Revision,
     /// Token for the next page.
@@ -228,8 +226,14 @@ impl Api {
         }
     }
 
-    /// LIST with selectors, `limit` and `continue`.
-    pub async fn list(&self, target: &Target, query: &Query) -> Result<Listed, ApiError> {
+    /// LIST with selectors, `limit` and `continue`, handing each selected object to `each` as
+    /// it is decoded, so a large list never holds every decoded object at once.
+    pub async fn list_each(
+        &self,
+        target: &Target,
+        query: &Query,
+        each: &mut (dyn FnMut(Value) -> Result<(), ApiError> + Send),
+    ) -> Result<ListMeta, ApiError> {
         let r = target.resource;
         let request = ListRequest::parse(r, query)?;
         let namespace = self.namespace_of(target).or(if r.namespaced {
@@ -263,7 +267,7 @@ impl Api {
                 )
             }
         };
-        let mut items = Vec::new();
+        let mut count = 0;
         loop {
             let page = self
                 .store
@@ -284,50 +288,50 @@ impl Api {
                     other => ApiError::from_store(other, r.group, r.plural, ""),
                 })?;
             revision = Some(page.revision);
+            let page_last = page.items.last().map(|kv| kv.key.clone());
+            let page_more = page.more;
             let mut last_key = None;
-            for kv in &page.items {
-                last_key = Some(kv.key.clone());
-                let object = decode(kv)?;
+            for kv in page.items {
+                let object = decode(&kv)?;
                 if request.matches(&object) {
-                    items.push(object);
-                    if limit.is_some_and(|l| items.len() == l) {
-                        let more = page.more
-                            || kv.key
-                                != page.items.last().map(|k| k.key.clone()).unwrap_or_default();
-                        let token = more.then(|| encode_continue(page.revision, &kv.key));
-                        return Ok(Listed {
-                            items,
+                    each(object)?;
+                    count += 1;
+                    if limit.is_some_and(|l| count == l) {
+                        let more = page_more || Some(&kv.key) != page_last.as_ref();
+                        return Ok(ListMeta {
                             revision: page.revision,
-                            continue_token: token,
+                            continue_token: more.then(|| encode_continue(page.revision, &kv.key)),
                         });
                     }
                 }
+                last_key = Some(kv.key);
             }
-            if !page.more {
+            if !page_more {
                 break;
             }
             start_after = last_key;
         }
-        Ok(Listed {
-            items,
+        Ok(ListMeta {
             revision: revision.unwrap_or_default(),
             continue_token: None,
         })
     }
 
-    /// The list object (`<Kind>List`) for a [`Listed`].
-    pub fn list_object(&self, target: &Target, listed: &Listed) -> Value {
+    /// The `<Kind>List` JSON for a list, with `items` already serialized (comma-separated).
+    pub fn list_json(&self, target: &Target, meta: &ListMeta, items: &[u8]) -> Vec<u8> {
         let r = target.resource;
-        let mut metadata = json!({ "resourceVersion": listed.revision.to_string() });
-        if let Some(token) = &listed.continue_token {
+        let mut metadata = json!({ "resourceVersion": meta.revision.to_string() });
+        if let Some(token) = &meta.continue_token {
             metadata["continue"] = json!(token);
         }
-        json!({
-            "kind": format!("{}List", r.kind),
-            "apiVersion": r.api_version(),
-            "metadata": metadata,
-            "items": listed.items,
-        })
+        let head = json!({ "kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": metadata });
+        let mut out = head.to_string().into_bytes();
+        out.pop(); // the closing brace; items follow
+        out.reserve(items.len() + 16);
+        out.extend_from_slice(br#","items":["#);
+        out.extend_from_slice(items);
+        out.extend_from_slice(b"]}");
+        out
     }
 
     /// CREATE (POST to a collection, or a pod's binding).

@@ -385,20 +385,42 @@ async fn resource(
                 .body(body)
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
         }
+        (Method::GET, false) if as_table => {
+            let now = jiff::Timestamp::now();
+            let mut rows = Vec::new();
+            let meta = api
+                .list_each(&target, query, &mut |object| {
+                    rows.push(table::row(kind, &object, now));
+                    Ok(())
+                })
+                .await?;
+            let table = table::from_rows(
+                kind,
+                rows,
+                &meta.revision.to_string(),
+                meta.continue_token.as_deref(),
+                true,
+            );
+            Ok(json_response(StatusCode::OK, &table))
+        }
         (Method::GET, false) => {
-            let listed = api.list(&target, query).await?;
-            let value = if as_table {
-                table::table(
-                    kind,
-                    &listed.items,
-                    &listed.revision.to_string(),
-                    listed.continue_token.as_deref(),
-                    true,
-                )
-            } else {
-                api.list_object(&target, &listed)
-            };
-            Ok(json_response(StatusCode::OK, &value))
+            let mut items = Vec::with_capacity(64 * 1024);
+            let meta = api
+                .list_each(&target, query, &mut |object| {
+                    if !items.is_empty() {
+                        items.push(b',');
+                    }
+                    serde_json::to_writer(&mut items, &object)
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                })
+                .await?;
+            let body = api.list_json(&target, &meta, &items);
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response())
         }
         (Method::GET, true) => Ok(json_response(
             StatusCode::OK,

@@ -524,6 +524,18 @@ pub fn table(
     with_columns: bool,
 ) -> Value {
     let now = jiff::Timestamp::now();
+    let rows = objects.iter().map(|o| row(kind, o, now)).collect();
+    from_rows(kind, rows, resource_version, continue_token, with_columns)
+}
+
+/// A Table of rows made with [`row`].
+pub fn from_rows(
+    kind: &str,
+    rows: Vec<Value>,
+    resource_version: &str,
+    continue_token: Option<&str>,
+    with_columns: bool,
+) -> Value {
     let mut metadata = json!({ "resourceVersion": resource_version });
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
@@ -532,7 +544,7 @@ pub fn table(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "rows": objects.iter().map(|o| row(kind, o, now)).collect::<Vec<_>>(),
+        "rows": rows,
     });
     if with_columns {
         table["columnDefinitions"] = json!(columns(kind));

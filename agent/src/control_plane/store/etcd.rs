@@ -63,7 +63,17 @@ fn map_range_error(error: etcd_client::Error, requested: Option<Revision>) -> St
     }
 }
 
+/// Largest etcd response accepted: a list of every pod in a big cluster is far over gRPC's
+/// 4 MiB default (kube-apiserver allows up to 2 GiB too).
+const MAX_RESPONSE: usize = i32::MAX as usize;
+
 impl EtcdStore {
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
+    }
+
     /// Connects to the given endpoints (e.g. `http://127.0.0.1:2379`).
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
         let options = ConnectOptions::new()
@@ -75,7 +85,7 @@ impl EtcdStore {
 
     /// The live value of `key` with the revision of the read.
     async fn current(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.client.kv_client().get(key, None).await?;
+        let response = self.kv().get(key, None).await?;
         response.kvs().first().map(convert).transpose()
     }
 
@@ -109,8 +119,7 @@ impl Store for EtcdStore {
             get = get.with_limit(limit as i64);
         }
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(start, Some(get))
             .await
             .map_err(|e| map_range_error(e, options.revision))?;
@@ -133,7 +142,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)]);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.kv().txn(txn).await?;
         if !response.succeeded() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
@@ -155,7 +164,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::get(key, None), TxnOp::put(key, value.clone(), None)]);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.kv().txn(txn).await?;
         if !response.succeeded() {
             return Err(self.why_failed(key, expected).await);
         }
@@ -185,7 +194,7 @@ impl Store for EtcdStore {
             key,
             Some(etcd_client::DeleteOptions::new().with_prev_key()),
         )]);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.kv().txn(txn).await?;
         if !response.succeeded() {
             return Err(match expected {
                 Some(rev) => self.why_failed(key, rev).await,
@@ -213,6 +222,7 @@ impl Store for EtcdStore {
         let stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE)
             .watch(prefix, Some(options))
             .await?;
         let events = stream.flat_map(move |response| {
@@ -258,16 +268,14 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get("/", Some(GetOptions::new().with_count_only()))
             .await?;
         header_revision(response.header())
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
+        self.kv()
             .compact(revision, None)
             .await
             .map_err(|e| map_range_error(e, Some(revision)))?;
