@@ -18,6 +18,7 @@ macro_rules! per_store {
 }
 
 per_store!(
+    delete_collection_removes_what_the_selector_picks,
     nodes_join_and_write_only_their_own_objects,
     watch_from_a_compacted_revision_gets_410,
     watches_share_one_store_watch_per_resource,
@@ -336,6 +337,51 @@ fn kubectl_apply_of_a_multi_document_manifest_then_edit(backend: Backend) {
         assert!(!bad.status.success(), "an invalid manifest must fail");
         assert!(stderr.contains("containerPort"), "{stderr}");
     }
+}
+
+fn delete_collection_removes_what_the_selector_picks(backend: Backend) {
+    let server = TestServer::start(backend).expect("start windlass server");
+    let token = server.admin_token();
+    for (name, app) in [("a", "x"), ("b", "x"), ("c", "x"), ("d", "y"), ("e", "y")] {
+        let body = format!(r#"{{"metadata":{{"name":"{name}","labels":{{"app":"{app}"}}}}}}"#);
+        let (code, out) = server.curl(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(&token),
+            Some(&body),
+            "application/json",
+        );
+        assert_eq!(code, 201, "{out}");
+    }
+    let (code, body) = server.curl(
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps?labelSelector=app%3Dx",
+        Some(&token),
+        None,
+        "application/json",
+    );
+    assert_eq!(code, 200, "{body}");
+    let deleted: Vec<String> = json(&body)["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(deleted, ["a", "b", "c"]);
+    let (_, body) = server.curl(
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&token),
+        None,
+        "application/json",
+    );
+    let left: Vec<String> = json(&body)["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(left, ["d", "e"]);
 }
 
 fn nodes_join_and_write_only_their_own_objects(backend: Backend) {

@@ -871,6 +871,53 @@ impl Api {
         Err(ApiError::conflict(r.group, r.plural, &name))
     }
 
+    /// DELETECOLLECTION: deletes every object the selectors pick, each as a single DELETE
+    /// would (grace periods, finalizers); answers with the list of what was deleted.
+    pub async fn delete_collection(
+        &self,
+        target: &Target,
+        query: &Query,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let mut names = Vec::new();
+        let list_query: Query = query
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "labelSelector" | "fieldSelector"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let meta = self
+            .list_each(target, &list_query, &mut |object| {
+                let ns = meta_str(&object, "namespace").map(String::from);
+                names.push((
+                    ns,
+                    meta_str(&object, "name").unwrap_or_default().to_string(),
+                ));
+                Ok(())
+            })
+            .await?;
+        let mut deleted = Vec::with_capacity(names.len());
+        for (namespace, name) in names {
+            let one = Target {
+                namespace: namespace.or_else(|| target.namespace.clone()),
+                name: Some(name),
+                ..target.clone()
+            };
+            match self.delete(&one, query, body).await {
+                Ok(object) => deleted.push(object),
+                // Deleted by someone else meanwhile: nothing left to do.
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let r = target.resource;
+        Ok(json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": { "resourceVersion": meta.revision.to_string() },
+            "items": deleted,
+        }))
+    }
+
     async fn store_update(
         &self,
         target: &Target,

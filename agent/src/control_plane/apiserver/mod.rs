@@ -446,6 +446,10 @@ async fn resource(
             StatusCode::OK,
             &api.delete(&target, query, body).await?,
         )),
+        (Method::DELETE, false) if target.resource.kind != "Namespace" => Ok(json_response(
+            StatusCode::OK,
+            &api.delete_collection(&target, query, body).await?,
+        )),
         (other, _) => Err(ApiError::method_not_allowed(other.as_str())),
     }
 }
