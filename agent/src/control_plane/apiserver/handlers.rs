@@ -403,11 +403,14 @@ impl Api {
             }
         }
         for attempt in 0..8 {
-            let name = match (&explicit, &generate) {
-                (Some(n), _) => n.clone(),
-                (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
-                (None, None) => unreachable_name()?,
-            };
+            // Either a name, or generateName plus a fresh suffix (both missing was refused above).
+            let name = explicit.clone().unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    generate.as_deref().unwrap_or_default(),
+                    random_suffix()
+                )
+            });
             object["metadata"]["name"] = json!(name);
             self.validate(r, &name, &object)?;
             let allocated = if r.kind == "Service" {
@@ -1195,10 +1198,6 @@ fn push_unique(list: &mut Vec<Value>, item: &str) {
     if !list.iter().any(|f| f == item) {
         list.push(json!(item));
     }
-}
-
-fn unreachable_name() -> Result<String, ApiError> {
-    Err(ApiError::internal("name or generateName checked above"))
 }
 
 /// The `autoscaling/v1` Scale of a Deployment or ReplicaSet.
