@@ -146,3 +146,128 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         "resources": resources,
     }))
 }
+
+/// Whether an Accept header asks for aggregated discovery, and in which version
+/// (`apidiscovery.k8s.io/v2` or `v2beta1`).
+pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
+    accept
+        .split(',')
+        .filter(|part| {
+            part.contains("as=APIGroupDiscoveryList") && part.contains("g=apidiscovery.k8s.io")
+        })
+        .find_map(|part| {
+            if part.contains("v=v2beta1") {
+                Some("v2beta1")
+            } else if part.contains("v=v2") {
+                Some("v2")
+            } else {
+                None
+            }
+        })
+}
+
+/// The Content-Type of an aggregated discovery answer.
+pub fn aggregated_content_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// Aggregated discovery: every group's versions and resources in one document, for `/api`
+/// (`core` = true) or `/apis`.
+pub fn aggregated(core: bool, version: &str) -> Value {
+    let mut group_names: Vec<&str> = if core { vec![""] } else { groups() };
+    group_names.dedup();
+    let items: Vec<Value> = group_names
+        .into_iter()
+        .map(|group| {
+            let resources: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.group == group)
+                .map(|r| {
+                    let subresources: Vec<Value> = r
+                        .subresources
+                        .iter()
+                        .map(|sub| {
+                            let (kind, g, v, verbs) = match *sub {
+                                "scale" => ("Scale", "autoscaling", "v1", vec!["get", "patch", "update"]),
+                                "binding" => ("Binding", "", "v1", vec!["create"]),
+                                "finalize" => (r.kind, r.group, r.version, vec!["update"]),
+                                _ => (r.kind, r.group, r.version, vec!["get", "patch", "update"]),
+                            };
+                            json!({ "subresource": sub, "responseKind": { "group": g, "version": v, "kind": kind }, "verbs": verbs })
+                        })
+                        .collect();
+                    json!({
+                        "resource": r.plural,
+                        "responseKind": { "group": r.group, "version": r.version, "kind": r.kind },
+                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular,
+                        "verbs": verbs(r),
+                        "shortNames": r.short_names,
+                        "categories": r.categories,
+                        "subresources": subresources,
+                    })
+                })
+                .collect();
+            json!({
+                "metadata": { "name": group },
+                "versions": [{ "version": "v1", "resources": resources, "freshness": "Current" }],
+            })
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_lists_every_served_resource_once() {
+        assert_eq!(
+            wants_aggregated(
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+            ),
+            Some("v2")
+        );
+        assert_eq!(wants_aggregated("application/json"), None);
+        let core = aggregated(true, "v2");
+        let apis = aggregated(false, "v2");
+        let count = |doc: &Value| -> usize {
+            doc["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|g| {
+                            g["versions"][0]["resources"]
+                                .as_array()
+                                .map(Vec::len)
+                                .unwrap_or(0)
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        assert_eq!(count(&core) + count(&apis), RESOURCES.len());
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let deployments = apis["items"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["metadata"]["name"] == "apps"))
+            .and_then(|g| {
+                g["versions"][0]["resources"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["resource"] == "deployments"))
+            })
+            .expect("deployments served");
+        assert_eq!(deployments["scope"], "Namespaced");
+        assert_eq!(
+            deployments["subresources"][1]["responseKind"]["kind"],
+            "Scale"
+        );
+    }
+}

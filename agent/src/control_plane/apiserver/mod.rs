@@ -283,6 +283,20 @@ async fn handle(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let (Route::CoreVersions | Route::Groups, Some(version)) =
+        (&route, discovery::wants_aggregated(accept))
+    {
+        let document = discovery::aggregated(matches!(route, Route::CoreVersions), version);
+        return Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                discovery::aggregated_content_type(version),
+            )],
+            document.to_string(),
+        )
+            .into_response());
+    }
     match route {
         Route::CoreVersions => Ok(json_response(
             StatusCode::OK,
