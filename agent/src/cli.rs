@@ -43,6 +43,12 @@ pub enum Command {
         /// Seconds between compactions of the store's history (kube-apiserver: 300).
         #[arg(long, default_value_t = 300)]
         compaction_interval_seconds: u64,
+        /// The range nodes' pod CIDRs (/24 each) are cut from.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+        /// Run the API server alone, without the scheduler and controllers.
+        #[arg(long)]
+        disable_controllers: bool,
     },
     /// Print the version and the embedded eBPF objects.
     Version,

@@ -21,7 +21,26 @@ fn main() -> anyhow::Result<()> {
             store,
             etcd_endpoints,
             compaction_interval_seconds,
+            cluster_cidr,
+            disable_controllers,
         } => {
+            let controllers = if disable_controllers {
+                None
+            } else {
+                let (ip, bits) = cluster_cidr
+                    .split_once('/')
+                    .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok()?)))
+                    .filter(|(_, bits)| *bits <= 24)
+                    .with_context(|| {
+                        format!(
+                            "--cluster-cidr {cluster_cidr:?} is not an IPv4 CIDR of /24 or larger"
+                        )
+                    })?;
+                Some(windlass::control_plane::controllers::ControllerOptions {
+                    cluster_cidr: (ip, bits),
+                    ..Default::default()
+                })
+            };
             let store = match store {
                 cli::Store::Sqlite => StoreKind::Sqlite,
                 cli::Store::Etcd if etcd_endpoints.is_empty() => {
@@ -37,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                     listen,
                     store,
                     std::time::Duration::from_secs(compaction_interval_seconds.max(1)),
+                    controllers,
                     |running| {
                         tracing::info!(addr = %running.addr, kubeconfig = %running.kubeconfig.display(), "API server ready");
                         println!(

@@ -7,6 +7,7 @@
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
 //! - [`etcd`]: a real etcd on loopback ports for store tests.
+//! - [`wait`]: waiting on a condition with a deadline.
 //! - [`leaks`]: finds anything left with the test prefix; `cargo xtask test` runs it last.
 //! - [`prereq`]: fails a test with a message naming the `cargo xtask deps` step when something it
 //!   needs is missing; nothing is skipped silently.
@@ -21,6 +22,7 @@ pub mod prefix;
 pub mod prereq;
 pub mod topology;
 pub mod traffic;
+pub mod wait;
 
 pub use windlass_cni::netns::NetNs;
 

@@ -2,5 +2,6 @@
 //! controllers. Nodes reach it only through the Kubernetes API.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod server;
 pub mod store;

@@ -43,6 +43,7 @@ pub async fn run(
     listen: SocketAddr,
     store: StoreKind,
     compaction_interval: std::time::Duration,
+    controllers: Option<super::controllers::ControllerOptions>,
     on_ready: impl FnOnce(&RunningServer),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -56,6 +57,7 @@ pub async fn run(
         listen,
         ranges: ServiceRanges::default(),
         compaction_interval,
+        controllers,
     };
     apiserver::run(options, store, on_ready, shutdown).await
 }

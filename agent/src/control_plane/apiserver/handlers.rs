@@ -553,12 +553,20 @@ impl Api {
         {
             return Err(ApiError::conflict(r.group, r.plural, name));
         }
-        let status_only = target.subresource.as_deref() == Some("status");
-        if status_only {
+        let subresource = target.subresource.as_deref();
+        if subresource == Some("status") {
             // The status subresource changes status only.
             let status = next.get("status").cloned().unwrap_or(Value::Null);
             next = existing.clone();
             next["status"] = status;
+        } else if subresource == Some("finalize") {
+            // A namespace's finalize subresource changes spec.finalizers only.
+            let finalizers = next
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            next = existing.clone();
+            next["spec"]["finalizers"] = finalizers;
         } else {
             if r.has_subresource("status") && existing.get("status").is_some() {
                 next["status"] = existing["status"].clone();
@@ -645,10 +653,15 @@ impl Api {
         let deleting = existing
             .pointer("/metadata/deletionTimestamp")
             .is_some_and(|v| !v.is_null());
-        let finalizers_left = next
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        // Namespaces also wait for spec.finalizers (the namespace controller's "kubernetes").
+        let finalizers_left = ["/metadata/finalizers", "/spec/finalizers"]
+            .iter()
+            .filter(|p| *p == &"/metadata/finalizers" || r.kind == "Namespace")
+            .any(|p| {
+                next.pointer(p)
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty())
+            });
         if deleting && !finalizers_left && r.kind != "Pod" {
             let deleted = self
                 .store

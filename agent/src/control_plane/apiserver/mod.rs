@@ -80,11 +80,17 @@ pub struct ServerOptions {
     /// How often history is compacted (to the revision seen one interval before), as
     /// kube-apiserver does every 5 minutes.
     pub compaction_interval: std::time::Duration,
+    /// The controllers to run alongside (as kube-controller-manager would), or none.
+    pub controllers: Option<crate::control_plane::controllers::ControllerOptions>,
 }
 
 /// Compacts the store every `interval` to the revision it had one interval earlier, so watches
 /// and continue tokens younger than one interval always work and history stays bounded.
-async fn compact_periodically(store: Arc<dyn Store>, interval: std::time::Duration) {
+async fn compact_periodically(
+    store: Arc<dyn Store>,
+    caches: Arc<watch_cache::WatchCaches>,
+    interval: std::time::Duration,
+) {
     let mut previous = None;
     loop {
         tokio::time::sleep(interval).await;
@@ -97,7 +103,10 @@ async fn compact_periodically(store: Arc<dyn Store>, interval: std::time::Durati
         };
         if let Some(rev) = previous.filter(|r| *r > 0) {
             match store.compact(rev).await {
-                Ok(()) => tracing::debug!(revision = rev, "compacted history"),
+                Ok(()) => {
+                    caches.compacted(rev);
+                    tracing::debug!(revision = rev, "compacted history");
+                }
                 Err(crate::control_plane::store::StoreError::Compacted { .. }) => {}
                 Err(e) => tracing::warn!(revision = rev, error = %e, "compaction failed"),
             }
@@ -539,8 +548,15 @@ pub async fn run(
         caches: Default::default(),
     };
     bootstrap(&api).await?;
+    // Start every resource's watch cache now, as kube-apiserver does, so its window covers
+    // everything written since start-up: a client that lists and then watches from that list's
+    // revision is served from the cache, never from a direct store watch.
+    for resource in resources::RESOURCES {
+        api.caches.get(&resource.key_prefix(None), &api.store);
+    }
     tokio::spawn(compact_periodically(
         api.store.clone(),
+        api.caches.clone(),
         options.compaction_interval,
     ));
     let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, addr, &credentials)?;
@@ -557,6 +573,21 @@ pub async fn run(
         server_address: addr.to_string().into(),
     };
     let app = Router::new().fallback(dispatch).with_state(state);
+    if let Some(controller_options) = options.controllers.clone() {
+        // The controllers talk to this server through the API, like any client, with the admin
+        // kubeconfig; the listener is bound already, so their first requests wait for serve().
+        let path = kubeconfig.clone();
+        tokio::spawn(async move {
+            match crate::control_plane::controllers::client_from_kubeconfig(&path).await {
+                Ok(client) => {
+                    crate::control_plane::controllers::run_all(client, controller_options).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "controllers cannot build a client; not started")
+                }
+            }
+        });
+    }
     on_ready(&RunningServer { kubeconfig, addr });
     serve::serve(listener, tls, app, shutdown).await;
     Ok(())

@@ -24,6 +24,8 @@ const SUBSCRIBER_BUFFER: usize = 8192;
 struct State {
     objects: BTreeMap<String, KeyValue>,
     window: VecDeque<Arc<Event>>,
+    /// Every event after this revision is in `window`.
+    window_start: Revision,
     /// The revision the cache reflects.
     revision: Revision,
     /// Broadcast to subscribers; replaced when the cache is rebuilt (ending old streams).
@@ -70,6 +72,7 @@ impl Cache {
             state: Mutex::new(State {
                 objects: BTreeMap::new(),
                 window: VecDeque::new(),
+                window_start: 0,
                 revision: 0,
                 sender,
                 ready: false,
@@ -81,15 +84,19 @@ impl Cache {
     /// Starts a client watch under `prefix` (which lies inside the cache's own prefix) from
     /// `from` (`None` for now).
     pub async fn start(&self, prefix: &str, from: Option<Revision>) -> Start {
+        // A client that listed from the store may be a little ahead of the cache; wait for the
+        // cache to catch up (kube-apiserver waits up to 3 s too) before going to the store.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
-            // Register interest before checking, so a readiness signal in between is not lost.
+            // Register interest before checking, so a signal in between is not lost.
             let notified = self.ready.notified();
             {
                 let state = match self.state.lock() {
                     Ok(state) => state,
                     Err(_) => return Start::TooOld,
                 };
-                if state.ready {
+                let ahead = from.is_some_and(|rev| rev > state.revision);
+                if state.ready && !(ahead && tokio::time::Instant::now() < deadline) {
                     return match from {
                         None => Start::Snapshot {
                             objects: state
@@ -101,32 +108,22 @@ impl Cache {
                             revision: state.revision,
                             events: state.sender.subscribe(),
                         },
-                        Some(rev) => {
-                            let oldest = state
-                                .window
-                                .front()
-                                .map(|e| e.revision() - 1)
-                                .unwrap_or(state.revision);
-                            if rev < oldest || rev > state.revision {
-                                Start::TooOld
-                            } else {
-                                Start::Replay {
-                                    backlog: state
-                                        .window
-                                        .iter()
-                                        .filter(|e| {
-                                            e.revision() > rev && e.key().starts_with(prefix)
-                                        })
-                                        .cloned()
-                                        .collect(),
-                                    events: state.sender.subscribe(),
-                                }
-                            }
+                        Some(rev) if rev < state.window_start || rev > state.revision => {
+                            Start::TooOld
                         }
+                        Some(rev) => Start::Replay {
+                            backlog: state
+                                .window
+                                .iter()
+                                .filter(|e| e.revision() > rev && e.key().starts_with(prefix))
+                                .cloned()
+                                .collect(),
+                            events: state.sender.subscribe(),
+                        },
                     };
                 }
             }
-            notified.await;
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
@@ -160,6 +157,7 @@ impl Cache {
                 .map(|kv| (kv.key.clone(), kv))
                 .collect();
             state.window.clear();
+            state.window_start = list.revision;
             state.revision = list.revision;
             state.ready = true;
         }
@@ -176,14 +174,36 @@ impl Cache {
                 }
             }
             state.revision = event.revision();
-            if state.window.len() == WINDOW {
-                state.window.pop_front();
+            if state.window.len() == WINDOW
+                && let Some(dropped) = state.window.pop_front()
+            {
+                state.window_start = dropped.revision();
             }
             state.window.push_back(event.clone());
             // No subscribers is fine.
             let _ = state.sender.send(event);
+            drop(state);
+            // Wake watches waiting for the cache to reach their revision.
+            self.ready.notify_waiters();
         }
         Err(StoreError::Backend("store watch ended".into()))
+    }
+}
+
+impl Cache {
+    /// Forgets window events at or before `revision`, which the store has compacted away: a
+    /// watch from there is answered 410, as the store would.
+    fn compacted(&self, revision: Revision) {
+        if let Ok(mut state) = self.state.lock() {
+            while state
+                .window
+                .front()
+                .is_some_and(|e| e.revision() <= revision)
+            {
+                state.window.pop_front();
+            }
+            state.window_start = state.window_start.max(revision.min(state.revision));
+        }
     }
 }
 
@@ -235,6 +255,15 @@ impl WatchCaches {
         Some(cache.clone())
     }
 
+    /// Tells every cache the store compacted through `revision`.
+    pub fn compacted(&self, revision: Revision) {
+        if let Ok(caches) = self.caches.lock() {
+            for cache in caches.values() {
+                cache.compacted(revision);
+            }
+        }
+    }
+
     /// How many store watches the caches hold (one per resource in use).
     pub fn len(&self) -> usize {
         self.caches.lock().map(|c| c.len()).unwrap_or(0)
@@ -255,10 +284,33 @@ impl WatchCaches {
              # HELP windlass_apiserver_store_watches Store watches open, by who holds them.\n\
              # TYPE windlass_apiserver_store_watches gauge\n\
              windlass_apiserver_store_watches{{holder=\"watch_cache\"}} {}\n\
-             windlass_apiserver_store_watches{{holder=\"client\"}} {}\n",
+             windlass_apiserver_store_watches{{holder=\"client\"}} {}\n{}",
             self.client_watches.load(Relaxed),
             self.len(),
             self.direct_store_watches.load(Relaxed),
+            self.per_resource(),
         )
+    }
+
+    /// One store-watch line per cached resource.
+    fn per_resource(&self) -> String {
+        let mut resources: Vec<String> = self
+            .caches
+            .lock()
+            .map(|c| {
+                c.keys()
+                    .map(|k| {
+                        k.trim_start_matches("/registry/")
+                            .trim_end_matches('/')
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        resources.sort();
+        resources
+            .iter()
+            .map(|r| format!("windlass_apiserver_store_watches{{holder=\"watch_cache\",resource=\"{r}\"}} 1\n"))
+            .collect()
     }
 }

@@ -1,0 +1,65 @@
+//! The core controllers, as kube-controller-manager runs them, each a reconcile function over
+//! kube-runtime's `Controller` (watcher + reflector + de-duplicating work queue + backoff).
+//! They use only the Kubernetes API (kube-rs), never the store, so they work the same against
+//! any conforming API server.
+
+pub mod namespace;
+pub mod node_ipam;
+pub mod service_account;
+
+use std::path::Path;
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Errors a reconcile returns (and is retried with backoff for).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The API answered with an error.
+    #[error("API request failed")]
+    Api(#[from] kube::Error),
+    /// The object is not what the controller expects.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings shared by the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// The range node pod CIDRs are cut from (`--cluster-cidr`, default 10.244.0.0/16).
+    pub cluster_cidr: (std::net::Ipv4Addr, u8),
+    /// The prefix length of each node's pod CIDR (24).
+    pub node_cidr_prefix: u8,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            cluster_cidr: (std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
+            node_cidr_prefix: 24,
+        }
+    }
+}
+
+/// A client from a kubeconfig file (the admin kubeconfig `windlass server` writes).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, kube::Error> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+    Client::try_from(config)
+}
+
+/// Runs every controller until the process ends.
+pub async fn run_all(client: Client, options: ControllerOptions) {
+    tokio::join!(
+        service_account::run(client.clone()),
+        node_ipam::run(client.clone(), options.clone()),
+        namespace::run(client.clone()),
+    );
+}
+
+/// Retry delays for failed reconciles: 1 s doubling to 5 min, per object.
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(8)).min(std::time::Duration::from_secs(300))
+}
