@@ -6,6 +6,7 @@
 //!   namespaces behind veths, removed on drop, also after a panic.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
+//! - [`fake_kubelet`]: fake nodes and a watch-driven fake kubelet for controller tests.
 //! - [`etcd`]: a real etcd on loopback ports for store tests.
 //! - [`wait`]: waiting on a condition with a deadline.
 //! - [`leaks`]: finds anything left with the test prefix; `cargo xtask test` runs it last.
@@ -17,6 +18,7 @@ pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod etcd;
+pub mod fake_kubelet;
 pub mod leaks;
 pub mod prefix;
 pub mod prereq;

@@ -3,5 +3,6 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod scheduler;
 pub mod server;
 pub mod store;

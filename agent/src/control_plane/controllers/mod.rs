@@ -5,6 +5,7 @@
 
 pub mod namespace;
 pub mod node_ipam;
+pub mod replicaset;
 pub mod service_account;
 
 use std::path::Path;
@@ -56,6 +57,8 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         service_account::run(client.clone()),
         node_ipam::run(client.clone(), options.clone()),
         namespace::run(client.clone()),
+        replicaset::run(client.clone()),
+        crate::control_plane::scheduler::run(client.clone()),
     );
 }
 

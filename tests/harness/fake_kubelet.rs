@@ -1,0 +1,130 @@
+//! A fake kubelet for fake nodes: registers Ready nodes with a given capacity, marks pods bound
+//! to them Running and Ready, and confirms their deletion, driven by a watch (kube-rs), so
+//! controller tests see pods come and go as on a real node, without containers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::HarnessError;
+
+/// Runs until dropped.
+#[derive(Debug)]
+pub struct FakeKubelet {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    nodes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn client(kubeconfig: &Path, runtime: &tokio::runtime::Runtime) -> Result<Client, HarnessError> {
+    runtime.block_on(async {
+        let config = kube::config::Kubeconfig::read_from(kubeconfig)
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        Client::try_from(config).map_err(|e| HarnessError::Setup(e.to_string()))
+    })
+}
+
+/// Registers a Ready node with `cpu` cores, `memory` and 110 pods.
+pub fn register_node(
+    kubeconfig: &Path,
+    name: &str,
+    cpu: &str,
+    memory: &str,
+) -> Result<(), HarnessError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HarnessError::Setup(e.to_string()))?;
+    let client = client(kubeconfig, &runtime)?;
+    runtime.block_on(async {
+        let nodes: Api<Node> = Api::all(client);
+        let node: Node = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
+            "status": {
+                "capacity": { "cpu": cpu, "memory": memory, "pods": "110" },
+                "allocatable": { "cpu": cpu, "memory": memory, "pods": "110" },
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady" }],
+            },
+        }))
+        .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|e| HarnessError::Setup(format!("register node {name}: {e}")))?;
+        Ok(())
+    })
+}
+
+impl FakeKubelet {
+    /// Starts serving pods bound to `nodes`.
+    pub fn start(kubeconfig: &Path, nodes: &[&str]) -> Result<Self, HarnessError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let client = client(kubeconfig, &runtime)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(std::sync::Mutex::new(
+            nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ));
+        let (stopping, serving) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let pods: Api<Pod> = Api::all(client.clone());
+                let mut events = watcher(pods, watcher::Config::default()).default_backoff().applied_objects().boxed();
+                while !stopping.load(Ordering::Relaxed) {
+                    let next = tokio::time::timeout(std::time::Duration::from_millis(100), events.next()).await;
+                    let Ok(Some(Ok(pod))) = next else { continue };
+                    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                    if !serving.lock().map(|n| n.contains(&node)).unwrap_or(false) {
+                        continue;
+                    }
+                    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        let _ = api.delete(&pod.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                    } else if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                        let names: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.name.clone()).collect();
+                        let statuses: Vec<_> = names.iter().map(|n| json!({ "name": n, "ready": true, "restartCount": 0,
+                            "image": "fake", "imageID": "", "started": true, "state": { "running": {} } })).collect();
+                        let status = json!({ "status": { "phase": "Running", "podIP": "10.244.0.9",
+                            "conditions": [{ "type": "Ready", "status": "True" }, { "type": "ContainersReady", "status": "True" }],
+                            "containerStatuses": statuses } });
+                        let _ = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(status)).await;
+                    }
+                }
+            });
+        });
+        Ok(FakeKubelet {
+            stop,
+            thread: Some(thread),
+            nodes: served,
+        })
+    }
+
+    /// Stops serving `node` (its pods are left as they are: the node looks dead).
+    pub fn abandon(&self, node: &str) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.retain(|n| n != node);
+        }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
