@@ -62,6 +62,32 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
     );
 }
 
+/// A reflector over `api`: a store kept current by one watch, and the stream of objects that
+/// watch touches (for triggering reconciles); the stream must be polled to keep the store fresh.
+pub fn reflect<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let (store, writer) = kube::runtime::reflector::store::<K>();
+    let stream = kube::runtime::reflector::reflector(writer, kube::runtime::watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    (store, stream)
+}
+
 /// Retry delays for failed reconciles: 1 s doubling to 5 min, per object.
 pub fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_secs(1u64 << attempt.min(8)).min(std::time::Duration::from_secs(300))

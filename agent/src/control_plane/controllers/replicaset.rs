@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -246,13 +246,8 @@ fn error_policy(rs: Arc<ReplicaSet>, error: &ControllerError, _: Arc<Context>) -
 
 /// Runs the controller.
 pub async fn run(client: Client) {
-    let (pods, writer) = reflector::store::<Pod>();
-    let pod_events = reflector::reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pods, pod_events) =
+        super::reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
     let sets: Api<ReplicaSet> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client,

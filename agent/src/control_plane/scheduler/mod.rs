@@ -17,12 +17,13 @@ use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use self::predicates::{Usage, fits, score};
+use crate::control_plane::controllers::reflect;
 
 /// Scheduler names this scheduler serves.
 const SCHEDULER_NAMES: [&str; 2] = ["default-scheduler", "windlass"];
@@ -216,20 +217,9 @@ fn error_policy(pod: Arc<Pod>, error: &ScheduleError, _: Arc<Context>) -> Action
 
 /// Runs the scheduler.
 pub async fn run(client: Client) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let all_pods = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let node_events = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pods, all_pods) = reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
+    let (nodes, node_events) =
+        reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
     let unscheduled = watcher::Config::default().fields("spec.nodeName=");
     let controller = Controller::new(Api::<Pod>::all(client.clone()), unscheduled);
     let pending = controller.store();
