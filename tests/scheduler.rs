@@ -174,3 +174,87 @@ fn a_pod_that_fits_nowhere_waits_with_a_reason_and_binds_when_a_node_has_room() 
     });
     assert_eq!(node, "large");
 }
+
+fn replicaset_with_pods(server: &TestServer, name: &str, replicas: usize) {
+    let k = &kubectls()[0];
+    let manifest = tempfile::NamedTempFile::new().expect("temp file");
+    let text = REPLICASET
+        .replace("name: web", &format!("name: {name}"))
+        .replace("app: web", &format!("app: {name}"))
+        .replace("replicas: 5", &format!("replicas: {replicas}"));
+    std::fs::write(manifest.path(), text).expect("write");
+    server.kubectl_ok(k, &["apply", "-f", manifest.path().to_str().expect("path")]);
+    eventually(&format!("{replicas} pods of {name}"), PATIENCE, || {
+        (pods(server, name).len() == replicas).then_some(())
+    });
+}
+
+fn exists(server: &TestServer, path: &str) -> bool {
+    server
+        .curl("GET", path, Some(&server.admin_token()), None, "")
+        .0
+        == 200
+}
+
+#[test]
+fn owners_take_their_dependents_with_them_unless_told_to_orphan() {
+    let server = TestServer::start(Backend::Sqlite).expect("start windlass server");
+    register_node(&server.kubeconfig(), "n1", "8", "16Gi").expect("register node");
+    let _kubelet = FakeKubelet::start(&server.kubeconfig(), &["n1"]).expect("fake kubelet");
+    let k = &kubectls()[0];
+
+    // Background (kubectl's default): the owner goes at once, its pods after it.
+    replicaset_with_pods(&server, "bg", 3);
+    server.kubectl_ok(k, &["delete", "replicaset", "bg"]);
+    eventually("bg's pods collected", PATIENCE, || {
+        pods(&server, "bg").is_empty().then_some(())
+    });
+
+    // Orphan: the pods stay, without the owner reference.
+    replicaset_with_pods(&server, "orphans", 2);
+    server.kubectl_ok(k, &["delete", "replicaset", "orphans", "--cascade=orphan"]);
+    eventually("the orphaning owner gone", PATIENCE, || {
+        (!exists(
+            &server,
+            "/apis/apps/v1/namespaces/default/replicasets/orphans",
+        ))
+        .then_some(())
+    });
+    let left = pods(&server, "orphans");
+    assert_eq!(left.len(), 2, "orphans survive their owner");
+    for (name, _) in &left {
+        let (_, body) = server.curl(
+            "GET",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            Some(&server.admin_token()),
+            None,
+            "",
+        );
+        assert!(
+            json(&body).pointer("/metadata/ownerReferences/0").is_none(),
+            "{name} still names its owner: {body}"
+        );
+    }
+
+    // Foreground: the owner waits, marked for deletion, until its pods are gone.
+    replicaset_with_pods(&server, "fg", 2);
+    let (code, body) = server.curl(
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/replicasets/fg",
+        Some(&server.admin_token()),
+        Some(r#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Foreground"}"#),
+        "application/json",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion")),
+        "{body}"
+    );
+    eventually("fg and its pods gone", PATIENCE, || {
+        (pods(&server, "fg").is_empty()
+            && !exists(&server, "/apis/apps/v1/namespaces/default/replicasets/fg"))
+        .then_some(())
+    });
+}

@@ -823,7 +823,11 @@ impl Api {
                     .and_then(Value::as_array)
                     .is_some_and(|f| !f.is_empty());
                 if spec_finalizers || !finalizers.is_empty() {
-                    return self.store_update(target, &name, &kv, &next).await;
+                    // A concurrent write (a status update, say) is retried on the new state.
+                    match self.store_update(target, &name, &kv, &next).await {
+                        Err(e) if e.reason == "Conflict" => continue,
+                        other => return other,
+                    }
                 }
             } else {
                 // Pods bound to a node are deleted gracefully: the kubelet stops them and then
@@ -867,7 +871,11 @@ impl Api {
                         if next == existing {
                             return Ok(existing);
                         }
-                        return self.store_update(target, &name, &kv, &next).await;
+                        // A concurrent write (a status update, say) is retried on the new state.
+                        match self.store_update(target, &name, &kv, &next).await {
+                            Err(e) if e.reason == "Conflict" => continue,
+                            other => return other,
+                        }
                     }
                 }
             }

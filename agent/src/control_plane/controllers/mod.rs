@@ -3,6 +3,7 @@
 //! They use only the Kubernetes API (kube-rs), never the store, so they work the same against
 //! any conforming API server.
 
+pub mod gc;
 pub mod namespace;
 pub mod node_ipam;
 pub mod replicaset;
@@ -58,6 +59,7 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         node_ipam::run(client.clone(), options.clone()),
         namespace::run(client.clone()),
         replicaset::run(client.clone()),
+        gc::run(client.clone()),
         crate::control_plane::scheduler::run(client.clone()),
     );
 }
