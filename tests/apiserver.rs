@@ -203,8 +203,20 @@ fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
             "{}",
             String::from_utf8_lossy(&gone.stderr)
         );
-        let pods = server.kubectl_ok(k, &["get", "pods", "-A"]);
-        assert_eq!(pods.trim(), "", "no pods anywhere");
+        // The controllers inside the server give the Deployment its 5 pods; with no nodes they
+        // stay Pending.
+        let pods = windlass_tests::wait::eventually(
+            "the deployment's 5 pods",
+            Duration::from_secs(20),
+            || {
+                let out = server.kubectl_ok(
+                    k,
+                    &["-n", &ns, "get", "pods", "-l", "app=web", "--no-headers"],
+                );
+                (out.lines().count() == 5).then_some(out)
+            },
+        );
+        assert!(pods.lines().all(|l| l.contains("Pending")), "{pods}");
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
-use kube::discovery::{ApiResource, Discovery, Scope};
+use kube::discovery::{ApiResource, Scope};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -227,24 +227,12 @@ impl Collector {
 
 /// Runs the collector until the process ends.
 pub async fn run(client: Client) {
-    let resources = loop {
-        match Discovery::new(client.clone()).run().await {
-            Ok(discovery) => {
-                break discovery
-                    .groups()
-                    .flat_map(|g| g.recommended_resources())
-                    .filter(|(_, caps)| {
-                        caps.supports_operation("watch") && caps.supports_operation("delete")
-                    })
-                    .map(|(resource, caps)| (resource, caps.scope == Scope::Namespaced))
-                    .collect::<Vec<_>>();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "garbage collector: discovery failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let resources: Vec<(ApiResource, bool)> = super::discover(&client)
+        .await
+        .into_iter()
+        .filter(|(_, caps)| caps.supports_operation("watch") && caps.supports_operation("delete"))
+        .map(|(resource, caps)| (resource, caps.scope == Scope::Namespaced))
+        .collect();
     let streams = resources.iter().enumerate().map(|(i, (resource, _))| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
         watcher::watcher(api, watcher::Config::default())

@@ -3,6 +3,7 @@
 //! They use only the Kubernetes API (kube-rs), never the store, so they work the same against
 //! any conforming API server.
 
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod node_ipam;
@@ -59,6 +60,7 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         node_ipam::run(client.clone(), options.clone()),
         namespace::run(client.clone()),
         replicaset::run(client.clone()),
+        deployment::run(client.clone()),
         gc::run(client.clone()),
         crate::control_plane::scheduler::run(client.clone()),
     );
@@ -88,6 +90,30 @@ where
         .default_backoff()
         .touched_objects();
     (store, stream)
+}
+
+/// Every resource the server serves (its recommended version), from discovery, retried until
+/// the server answers.
+pub async fn discover(
+    client: &Client,
+) -> Vec<(
+    kube::discovery::ApiResource,
+    kube::discovery::ApiCapabilities,
+)> {
+    loop {
+        match kube::discovery::Discovery::new(client.clone()).run().await {
+            Ok(discovery) => {
+                return discovery
+                    .groups()
+                    .flat_map(|g| g.recommended_resources())
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Retry delays for failed reconciles: 1 s doubling to 5 min, per object.

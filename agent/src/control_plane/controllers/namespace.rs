@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::discovery::{ApiResource, Discovery, Scope};
+use kube::discovery::{ApiResource, Scope};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -79,25 +79,14 @@ fn error_policy(namespace: Arc<Namespace>, error: &ControllerError, _: Arc<Conte
 
 /// Runs the controller (after discovering the namespaced resources).
 pub async fn run(client: Client) {
-    let resources = loop {
-        match Discovery::new(client.clone()).run().await {
-            Ok(discovery) => {
-                break discovery
-                    .groups()
-                    .flat_map(|g| g.recommended_resources())
-                    .filter(|(_, caps)| {
-                        caps.scope == Scope::Namespaced
-                            && caps.supports_operation("deletecollection")
-                    })
-                    .map(|(resource, _)| resource)
-                    .collect::<Vec<_>>();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "namespace controller: discovery failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let resources: Vec<ApiResource> = super::discover(&client)
+        .await
+        .into_iter()
+        .filter(|(_, caps)| {
+            caps.scope == Scope::Namespaced && caps.supports_operation("deletecollection")
+        })
+        .map(|(resource, _)| resource)
+        .collect();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     Controller::new(namespaces, watcher::Config::default())
         .run(

@@ -1,5 +1,5 @@
-//! The scheduler and the ReplicaSet controller inside `windlass server`, with fake nodes and a
-//! fake kubelet, observed through the API.
+//! Workloads inside `windlass server`: the scheduler, the ReplicaSet and Deployment controllers
+//! and the garbage collector, with fake nodes and a fake kubelet, observed through the API.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -257,4 +257,209 @@ fn owners_take_their_dependents_with_them_unless_told_to_orphan() {
             && !exists(&server, "/apis/apps/v1/namespaces/default/replicasets/fg"))
         .then_some(())
     });
+}
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: roll, namespace: default}
+spec:
+  replicas: 5
+  selector: {matchLabels: {app: roll}}
+  template:
+    metadata: {labels: {app: roll}}
+    spec:
+      containers:
+      - name: web
+        image: windlass.local/busybox:v1
+        resources: {requests: {cpu: 100m, memory: 64Mi}}
+"#;
+
+/// Watches `app`'s pods from a consistent list and checks, after every event, that live pods
+/// stay within replicas + surge and ready ones at or above replicas - unavailable.
+fn watch_bounds(
+    server: &TestServer,
+    app: &str,
+    most: usize,
+    least_ready: usize,
+) -> (
+    std::process::Child,
+    std::thread::JoinHandle<Result<usize, String>>,
+) {
+    let token = server.admin_token();
+    let path = format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{app}");
+    let (_, body) = server.curl("GET", &path, Some(&token), None, "");
+    let list = json(&body);
+    let mut pods: HashMap<String, (bool, bool)> = HashMap::new();
+    for p in list["items"].as_array().expect("items") {
+        let ready = p
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        pods.insert(
+            p["metadata"]["name"].as_str().unwrap_or("").into(),
+            (p.pointer("/metadata/deletionTimestamp").is_none(), ready),
+        );
+    }
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let mut child = std::process::Command::new("curl")
+        .args(["-sSN", "--max-time", "60", "--cacert"])
+        .arg(server.data_dir().join("pki/ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!(
+            "{}{path}&watch=1&resourceVersion={rv}",
+            server.url()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let checker = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut events = 0;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let event: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            let p = &event["object"];
+            let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+            if event["type"] == "DELETED" {
+                pods.remove(&name);
+            } else {
+                let ready = p
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    });
+                pods.insert(
+                    name,
+                    (p.pointer("/metadata/deletionTimestamp").is_none(), ready),
+                );
+            }
+            events += 1;
+            let live = pods.values().filter(|(live, _)| *live).count();
+            let ready = pods
+                .values()
+                .filter(|(live, ready)| *live && *ready)
+                .count();
+            if live > most || ready < least_ready {
+                return Err(format!(
+                    "after event {events}: {live} live pods (at most {most}), {ready} ready (at least {least_ready})"
+                ));
+            }
+        }
+        Ok(events)
+    });
+    (child, checker)
+}
+
+#[test]
+fn deployment_rolls_out_within_its_bounds_and_rolls_back() {
+    let server = TestServer::start(Backend::Sqlite).expect("start windlass server");
+    let nodes = ["n1", "n2", "n3"];
+    for n in nodes {
+        register_node(&server.kubeconfig(), n, "4", "8Gi").expect("register node");
+    }
+    let _kubelet = FakeKubelet::start(&server.kubeconfig(), &nodes).expect("fake kubelet");
+    let k = &kubectls()[0];
+    let manifest = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(manifest.path(), DEPLOYMENT).expect("write");
+    server.kubectl_ok(k, &["apply", "-f", manifest.path().to_str().expect("path")]);
+    server.kubectl_ok(
+        k,
+        &["rollout", "status", "deployment/roll", "--timeout=60s"],
+    );
+    assert_eq!(pods(&server, "roll").len(), 5);
+
+    // 25% of 5: surge rounds up to 2, unavailable down to 1.
+    let (mut watcher, checker) = watch_bounds(&server, "roll", 5 + 2, 5 - 1);
+    server.kubectl_ok(
+        k,
+        &[
+            "set",
+            "image",
+            "deployment/roll",
+            "web=windlass.local/busybox:v2",
+        ],
+    );
+    server.kubectl_ok(
+        k,
+        &["rollout", "status", "deployment/roll", "--timeout=60s"],
+    );
+    let images = |server: &TestServer| {
+        let (_, body) = server.curl(
+            "GET",
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Droll",
+            Some(&server.admin_token()),
+            None,
+            "",
+        );
+        let mut images: Vec<String> = json(&body)["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            .map(|p| {
+                p.pointer("/spec/containers/0/image")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        images.sort();
+        images.dedup();
+        images
+    };
+    eventually("every pod on v2", PATIENCE, || {
+        (images(&server) == ["windlass.local/busybox:v2"]).then_some(())
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let events = checker
+        .join()
+        .expect("checker")
+        .expect("bounds held at every observed moment");
+    assert!(events >= 10, "the rollout was observed ({events} events)");
+
+    let history = server.kubectl_ok(k, &["rollout", "history", "deployment/roll"]);
+    assert!(
+        history.lines().any(|l| l.trim_start().starts_with('1'))
+            && history.lines().any(|l| l.trim_start().starts_with('2')),
+        "{history}"
+    );
+    server.kubectl_ok(k, &["rollout", "undo", "deployment/roll"]);
+    server.kubectl_ok(
+        k,
+        &["rollout", "status", "deployment/roll", "--timeout=60s"],
+    );
+    let image = server.kubectl_ok(
+        k,
+        &[
+            "get",
+            "deployment",
+            "roll",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(image, "windlass.local/busybox:v1");
+    eventually("every pod back on v1", PATIENCE, || {
+        (images(&server) == ["windlass.local/busybox:v1"]).then_some(())
+    });
+    let columns = server.kubectl_ok(k, &["get", "deployment", "roll"]);
+    assert!(
+        columns
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()[1..4] == ["5/5", "5", "5"]),
+        "{columns}"
+    );
 }
