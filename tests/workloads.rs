@@ -463,3 +463,121 @@ fn deployment_rolls_out_within_its_bounds_and_rolls_back() {
         "{columns}"
     );
 }
+
+/// The endpoints of `svc`'s slices as (pod, ready, serving, terminating), sorted.
+fn slice_endpoints(server: &TestServer, svc: &str) -> Vec<(String, bool, bool, bool)> {
+    let path = format!(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{svc}"
+    );
+    let (_, body) = server.curl("GET", &path, Some(&server.admin_token()), None, "");
+    let mut out: Vec<(String, bool, bool, bool)> = json(&body)["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let c = &e["conditions"];
+            (
+                e["targetRef"]["name"].as_str().unwrap_or("").to_string(),
+                c["ready"] == true,
+                c["serving"] == true,
+                c["terminating"] == true,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_services_endpointslice_follows_pod_readiness_and_termination() {
+    let server = TestServer::start(Backend::Sqlite).expect("start windlass server");
+    register_node(&server.kubeconfig(), "n1", "8", "16Gi").expect("register node");
+    let kubelet = FakeKubelet::start(&server.kubeconfig(), &["n1"]).expect("fake kubelet");
+    replicaset_with_pods(&server, "ep", 2);
+    let token = server.admin_token();
+    let (code, body) = server.curl("POST", "/api/v1/namespaces/default/services", Some(&token),
+        Some(r#"{"metadata":{"name":"ep"},"spec":{"selector":{"app":"ep"},"ports":[{"name":"http","port":80,"targetPort":8080}]}}"#), "application/json");
+    assert_eq!(code, 201, "{body}");
+    let names: Vec<String> = {
+        let mut n: Vec<String> = pods(&server, "ep").into_iter().map(|(n, _)| n).collect();
+        n.sort();
+        n
+    };
+    let all_ready: Vec<(String, bool, bool, bool)> = names
+        .iter()
+        .map(|n| (n.clone(), true, true, false))
+        .collect();
+    eventually("both pods ready in the slice", PATIENCE, || {
+        (slice_endpoints(&server, "ep") == all_ready).then_some(())
+    });
+    let (_, body) = server.curl("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dep", Some(&token), None, "");
+    let slice = &json(&body)["items"][0];
+    assert_eq!(
+        slice["ports"][0]["port"], 8080,
+        "the target port, named as the service port: {slice}"
+    );
+    assert_eq!(slice["ports"][0]["name"], "http");
+    assert_eq!(slice["addressType"], "IPv4");
+    assert!(
+        slice["endpoints"][0]["addresses"][0]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.244.")),
+        "{slice}"
+    );
+
+    // Not ready: still listed, ready false.
+    let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#;
+    let (code, body) = server.curl(
+        "PATCH",
+        &format!("/api/v1/namespaces/default/pods/{}/status", names[0]),
+        Some(&token),
+        Some(not_ready),
+        "application/merge-patch+json",
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually("the first pod not ready", PATIENCE, || {
+        (slice_endpoints(&server, "ep")
+            == [
+                (names[0].clone(), false, false, false),
+                (names[1].clone(), true, true, false),
+            ])
+        .then_some(())
+    });
+
+    // Terminating: serving while it shuts down, not ready, marked terminating; then gone.
+    kubelet.hold_terminations(true);
+    let (code, _) = server.curl(
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{}", names[1]),
+        Some(&token),
+        None,
+        "",
+    );
+    assert_eq!(code, 200);
+    eventually("the second pod terminating", PATIENCE, || {
+        slice_endpoints(&server, "ep")
+            .contains(&(names[1].clone(), false, true, true))
+            .then_some(())
+    });
+    let (_, body) = server.curl(
+        "GET",
+        "/api/v1/namespaces/default/endpoints/ep",
+        Some(&token),
+        None,
+        "",
+    );
+    assert!(
+        json(&body)["subsets"][0]["addresses"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "no ready address in Endpoints: {body}"
+    );
+    kubelet.hold_terminations(false);
+    eventually("the terminated pod out of the slice", PATIENCE, || {
+        (!slice_endpoints(&server, "ep")
+            .iter()
+            .any(|(n, ..)| *n == names[1]))
+        .then_some(())
+    });
+}

@@ -19,6 +19,7 @@ use crate::HarnessError;
 #[derive(Debug)]
 pub struct FakeKubelet {
     stop: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     nodes: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -78,12 +79,21 @@ impl FakeKubelet {
         let served = Arc::new(std::sync::Mutex::new(
             nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         ));
-        let (stopping, serving) = (stop.clone(), served.clone());
+        let hold = Arc::new(AtomicBool::new(false));
+        let (stopping, serving, holding) = (stop.clone(), served.clone(), hold.clone());
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
                 let pods: Api<Pod> = Api::all(client.clone());
                 let mut events = watcher(pods, watcher::Config::default()).default_backoff().applied_objects().boxed();
+                let mut next_ip: u32 = 0;
+                let mut held: Vec<(String, String)> = Vec::new();
                 while !stopping.load(Ordering::Relaxed) {
+                    if !holding.load(Ordering::Relaxed) {
+                        for (ns, name) in held.drain(..) {
+                            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                            let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                        }
+                    }
                     let next = tokio::time::timeout(std::time::Duration::from_millis(100), events.next()).await;
                     let Ok(Some(Ok(pod))) = next else { continue };
                     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
@@ -92,12 +102,18 @@ impl FakeKubelet {
                     }
                     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
                     if pod.metadata.deletion_timestamp.is_some() {
+                        if holding.load(Ordering::Relaxed) {
+                            held.push((pod.namespace().unwrap_or_default(), pod.name_any()));
+                            continue;
+                        }
                         let _ = api.delete(&pod.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
                     } else if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
                         let names: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.name.clone()).collect();
                         let statuses: Vec<_> = names.iter().map(|n| json!({ "name": n, "ready": true, "restartCount": 0,
                             "image": "fake", "imageID": "", "started": true, "state": { "running": {} } })).collect();
-                        let status = json!({ "status": { "phase": "Running", "podIP": "10.244.0.9",
+                        next_ip += 1;
+                        let ip = format!("10.244.{}.{}", 100 + next_ip / 250, 2 + next_ip % 250);
+                        let status = json!({ "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],
                             "conditions": [{ "type": "Ready", "status": "True" }, { "type": "ContainersReady", "status": "True" }],
                             "containerStatuses": statuses } });
                         let _ = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(status)).await;
@@ -107,9 +123,16 @@ impl FakeKubelet {
         });
         Ok(FakeKubelet {
             stop,
+            hold,
             thread: Some(thread),
             nodes: served,
         })
+    }
+
+    /// Holds (true) or resumes (false) confirming the deletion of pods, so a test can see pods
+    /// while they terminate.
+    pub fn hold_terminations(&self, hold: bool) {
+        self.hold.store(hold, Ordering::Relaxed);
     }
 
     /// Stops serving `node` (its pods are left as they are: the node looks dead).

@@ -4,6 +4,7 @@
 //! any conforming API server.
 
 pub mod deployment;
+pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
 pub mod node_ipam;
@@ -61,6 +62,7 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         namespace::run(client.clone()),
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
+        endpointslice::run(client.clone()),
         gc::run(client.clone()),
         crate::control_plane::scheduler::run(client.clone()),
     );
