@@ -567,11 +567,16 @@ fn a_services_endpointslice_follows_pod_readiness_and_termination() {
         None,
         "",
     );
+    let endpoints = json(&body);
+    let ready_pods: Vec<&str> = endpoints["subsets"][0]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["targetRef"]["name"].as_str())
+        .collect();
     assert!(
-        json(&body)["subsets"][0]["addresses"]
-            .as_array()
-            .is_none_or(|a| a.is_empty()),
-        "no ready address in Endpoints: {body}"
+        !ready_pods.contains(&names[1].as_str()),
+        "a terminating pod is not a ready address in Endpoints: {body}"
     );
     kubelet.hold_terminations(false);
     eventually("the terminated pod out of the slice", PATIENCE, || {
@@ -580,4 +585,117 @@ fn a_services_endpointslice_follows_pod_readiness_and_termination() {
             .any(|(n, ..)| *n == names[1]))
         .then_some(())
     });
+}
+
+const DAEMONSET: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: default}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers:
+      - name: agent
+        image: windlass.local/busybox:latest
+"#;
+
+fn node_of(server: &TestServer, app: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = pods(server, app)
+        .into_iter()
+        .filter_map(|(_, n)| n)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[test]
+fn an_unreachable_node_is_tainted_and_drained_and_daemonsets_cover_new_nodes() {
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            "--node-monitor-grace-seconds",
+            "2",
+            "--default-toleration-seconds",
+            "2",
+        ],
+    )
+    .expect("start windlass server");
+    for n in ["n1", "n2", "n3"] {
+        register_node(&server.kubeconfig(), n, "4", "8Gi").expect("register node");
+    }
+    let kubelet =
+        FakeKubelet::start(&server.kubeconfig(), &["n1", "n2", "n3"]).expect("fake kubelet");
+    let k = &kubectls()[0];
+    let manifest = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(manifest.path(), DAEMONSET).expect("write");
+    server.kubectl_ok(k, &["apply", "-f", manifest.path().to_str().expect("path")]);
+    eventually("a daemon pod on each node", PATIENCE, || {
+        (node_of(&server, "agent") == ["n1", "n2", "n3"]).then_some(())
+    });
+    replicaset_with_pods(&server, "work", 6);
+    eventually("work spread over the nodes", PATIENCE, || {
+        node_of(&server, "work")
+            .contains(&"n3".to_string())
+            .then_some(())
+    });
+
+    // n3 stops renewing its lease.
+    kubelet.abandon("n3");
+    let node = eventually("n3 marked unreachable", PATIENCE, || {
+        let (_, body) = server.curl(
+            "GET",
+            "/api/v1/nodes/n3",
+            Some(&server.admin_token()),
+            None,
+            "",
+        );
+        let node = json(&body);
+        let tainted = node
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(|t| {
+                t.iter().any(|t| {
+                    t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"
+                })
+            });
+        tainted.then_some(node)
+    });
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "Unknown", "{ready}");
+    let columns = server.kubectl_ok(k, &["get", "node", "n3", "--no-headers"]);
+    assert!(columns.contains("NotReady"), "{columns}");
+
+    // After the toleration, n3's workload pods are evicted and replaced elsewhere; the daemon pod,
+    // which tolerates unreachable nodes, stays.
+    eventually("work moved off n3", PATIENCE, || {
+        let nodes = node_of(&server, "work");
+        (nodes.len() == 6 && !nodes.contains(&"n3".to_string())).then_some(())
+    });
+    assert_eq!(node_of(&server, "agent"), ["n1", "n2", "n3"]);
+
+    // A new node gets a daemon pod.
+    register_node(&server.kubeconfig(), "n4", "4", "8Gi").expect("register node");
+    kubelet.serve("n4");
+    eventually("a daemon pod on n4", PATIENCE, || {
+        node_of(&server, "agent")
+            .contains(&"n4".to_string())
+            .then_some(())
+    });
+    let status = server.kubectl_ok(
+        k,
+        &[
+            "get",
+            "daemonset",
+            "agent",
+            "-o",
+            "jsonpath={.status.desiredNumberScheduled}",
+        ],
+    );
+    assert_eq!(status, "4");
 }

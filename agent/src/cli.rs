@@ -46,6 +46,12 @@ pub enum Command {
         /// The range nodes' pod CIDRs (/24 each) are cut from.
         #[arg(long, default_value = "10.244.0.0/16")]
         cluster_cidr: String,
+        /// Seconds a node may go without renewing its Lease before it is marked unreachable.
+        #[arg(long, default_value_t = 40)]
+        node_monitor_grace_seconds: u64,
+        /// Seconds pods stay on an unreachable node unless they tolerate it for another time.
+        #[arg(long, default_value_t = 300)]
+        default_toleration_seconds: u64,
         /// Run the API server alone, without the scheduler and controllers.
         #[arg(long)]
         disable_controllers: bool,

@@ -22,6 +22,8 @@ fn main() -> anyhow::Result<()> {
             etcd_endpoints,
             compaction_interval_seconds,
             cluster_cidr,
+            node_monitor_grace_seconds,
+            default_toleration_seconds,
             disable_controllers,
         } => {
             let controllers = if disable_controllers {
@@ -38,6 +40,15 @@ fn main() -> anyhow::Result<()> {
                     })?;
                 Some(windlass::control_plane::controllers::ControllerOptions {
                     cluster_cidr: (ip, bits),
+                    lifecycle:
+                        windlass::control_plane::controllers::node_lifecycle::LifecycleOptions {
+                            grace: std::time::Duration::from_secs(
+                                node_monitor_grace_seconds.max(1),
+                            ),
+                            default_toleration: std::time::Duration::from_secs(
+                                default_toleration_seconds,
+                            ),
+                        },
                     ..Default::default()
                 })
             };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -87,7 +88,30 @@ impl FakeKubelet {
                 let mut events = watcher(pods, watcher::Config::default()).default_backoff().applied_objects().boxed();
                 let mut next_ip: u32 = 0;
                 let mut held: Vec<(String, String)> = Vec::new();
+                let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+                let mut renewed = std::time::Instant::now() - std::time::Duration::from_secs(60);
                 while !stopping.load(Ordering::Relaxed) {
+                    // Renew the served nodes' leases (a real kubelet does every 10 s).
+                    if renewed.elapsed() >= std::time::Duration::from_millis(300) {
+                        renewed = std::time::Instant::now();
+                        let served: Vec<String> = serving.lock().map(|n| n.clone()).unwrap_or_default();
+                        for node in served {
+                            let now = jiff::Timestamp::now().to_string();
+                            let body = json!({ "metadata": { "name": node, "namespace": "kube-node-lease" },
+                                               "spec": { "holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now } });
+                            match leases.get_opt(&node).await {
+                                Ok(None) => {
+                                    if let Ok(lease) = serde_json::from_value::<Lease>(body) {
+                                        let _ = leases.create(&PostParams::default(), &lease).await;
+                                    }
+                                }
+                                Ok(Some(_)) => {
+                                    let _ = leases.patch(&node, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "renewTime": now } }))).await;
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    }
                     if !holding.load(Ordering::Relaxed) {
                         for (ns, name) in held.drain(..) {
                             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -135,7 +159,15 @@ impl FakeKubelet {
         self.hold.store(hold, Ordering::Relaxed);
     }
 
-    /// Stops serving `node` (its pods are left as they are: the node looks dead).
+    /// Serves `node` too (after [`register_node`]).
+    pub fn serve(&self, node: &str) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.push(node.to_string());
+        }
+    }
+
+    /// Stops serving `node`: no more lease renewals, its pods left as they are (the node looks
+    /// dead).
     pub fn abandon(&self, node: &str) {
         if let Ok(mut nodes) = self.nodes.lock() {
             nodes.retain(|n| n != node);

@@ -85,11 +85,15 @@ fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.replicas.unwrap_or(0)
 }
 
+/// Available replicas of a ReplicaSet, never more than it is scaled to (its status may still
+/// count pods it is removing).
 fn available(rs: &ReplicaSet) -> i32 {
-    rs.status
+    let reported = rs
+        .status
         .as_ref()
         .and_then(|s| s.available_replicas)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    reported.min(spec_replicas(rs))
 }
 
 /// The template without the hash label (what a ReplicaSet was made from).

@@ -3,11 +3,13 @@
 //! They use only the Kubernetes API (kube-rs), never the store, so they work the same against
 //! any conforming API server.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod replicaset;
 pub mod service_account;
 
@@ -34,6 +36,8 @@ pub struct ControllerOptions {
     pub cluster_cidr: (std::net::Ipv4Addr, u8),
     /// The prefix length of each node's pod CIDR (24).
     pub node_cidr_prefix: u8,
+    /// Node lease grace and default eviction toleration.
+    pub lifecycle: node_lifecycle::LifecycleOptions,
 }
 
 impl Default for ControllerOptions {
@@ -41,6 +45,7 @@ impl Default for ControllerOptions {
         ControllerOptions {
             cluster_cidr: (std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
             node_cidr_prefix: 24,
+            lifecycle: Default::default(),
         }
     }
 }
@@ -63,6 +68,8 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
         endpointslice::run(client.clone()),
+        daemonset::run(client.clone()),
+        node_lifecycle::run(client.clone(), options.lifecycle),
         gc::run(client.clone()),
         crate::control_plane::scheduler::run(client.clone()),
     );

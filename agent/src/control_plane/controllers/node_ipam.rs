@@ -10,7 +10,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -19,10 +18,9 @@ use super::{ControllerError, ControllerOptions};
 
 struct Context {
     client: Client,
-    nodes: Store<Node>,
     options: ControllerOptions,
-    /// CIDRs handed out but maybe not yet seen in the store; serializes allocation.
-    pending: tokio::sync::Mutex<HashSet<String>>,
+    /// Serializes allocation: one node at a time.
+    allocating: tokio::sync::Mutex<()>,
 }
 
 /// The `index`-th subnet of `prefix` bits inside `cluster`, as `a.b.c.d/prefix`.
@@ -52,25 +50,27 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Control
     {
         return Ok(Action::await_change());
     }
-    let mut pending = ctx.pending.lock().await;
-    let used: HashSet<String> = ctx
-        .nodes
-        .state()
+    // Allocation is rare: decide on a live list (a watch cache may still hold a node that was
+    // just deleted, or miss one just given a range), one node at a time.
+    let _one_at_a_time = ctx.allocating.lock().await;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let used: HashSet<String> = nodes
+        .list(&Default::default())
+        .await?
+        .items
         .iter()
         .filter_map(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
         .collect();
-    pending.retain(|c| !used.contains(c));
     let (cluster, prefix) = (ctx.options.cluster_cidr, ctx.options.node_cidr_prefix);
     let cidr = (0..)
         .map_while(|i| subnet(cluster, prefix, i))
-        .find(|c| !used.contains(c) && !pending.contains(c))
+        .find(|c| !used.contains(c))
         .ok_or_else(|| {
             ControllerError::Invalid(format!(
                 "no pod CIDR left in the cluster CIDR for node {}",
                 node.name_any()
             ))
         })?;
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
     nodes
         .patch(
             &node.name_any(),
@@ -79,7 +79,6 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Control
         )
         .await?;
     tracing::info!(node = node.name_any(), cidr, "allocated pod CIDR");
-    pending.insert(cidr);
     Ok(Action::await_change())
 }
 
@@ -94,9 +93,8 @@ pub async fn run(client: Client, options: ControllerOptions) {
     let controller = Controller::new(nodes, watcher::Config::default());
     let ctx = Arc::new(Context {
         client,
-        nodes: controller.store(),
         options,
-        pending: Default::default(),
+        allocating: Default::default(),
     });
     controller
         .run(reconcile, error_policy, ctx)

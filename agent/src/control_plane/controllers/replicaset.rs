@@ -211,14 +211,19 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Con
         tracing::info!(replicaset = %name, deleted = counted - wanted, "scaled down");
     }
 
-    let ready = owned
+    // Pods being deleted (by this reconcile or an earlier one not yet seen) no longer count,
+    // even if the store still shows them live: status must never overstate availability.
+    let going: HashSet<String> = ctx
+        .expectations
+        .lock()
+        .map(|e| e.deleting.get(&uid).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    let staying: Vec<&Arc<Pod>> = owned
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-        .count();
-    let current = owned
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count();
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !going.contains(&p.name_any()))
+        .collect();
+    let ready = staying.iter().filter(|p| pod_ready(p)).count();
+    let current = staying.len();
     let status = json!({ "status": {
         "replicas": current,
         "fullyLabeledReplicas": current,
