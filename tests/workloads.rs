@@ -378,6 +378,38 @@ fn deployment_rolls_out_within_its_bounds_and_rolls_back() {
         &["rollout", "status", "deployment/roll", "--timeout=60s"],
     );
     assert_eq!(pods(&server, "roll").len(), 5);
+    let per_node = |server: &TestServer| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (_, node) in pods(server, "roll") {
+            *counts.entry(node.unwrap_or_default()).or_default() += 1;
+        }
+        counts
+    };
+    assert_eq!(
+        per_node(&server).len(),
+        3,
+        "spread over the 3 nodes: {:?}",
+        per_node(&server)
+    );
+    for replicas in [10, 2, 5] {
+        server.kubectl_ok(
+            k,
+            &[
+                "scale",
+                "deployment",
+                "roll",
+                &format!("--replicas={replicas}"),
+            ],
+        );
+        server.kubectl_ok(
+            k,
+            &["rollout", "status", "deployment/roll", "--timeout=60s"],
+        );
+        eventually(&format!("{replicas} bound pods"), PATIENCE, || {
+            let p = pods(&server, "roll");
+            (p.len() == replicas && p.iter().all(|(_, n)| n.is_some())).then_some(())
+        });
+    }
 
     // 25% of 5: surge rounds up to 2, unavailable down to 1.
     let (mut watcher, checker) = watch_bounds(&server, "roll", 5 + 2, 5 - 1);
@@ -698,4 +730,65 @@ fn an_unreachable_node_is_tainted_and_drained_and_daemonsets_cover_new_nodes() {
         ],
     );
     assert_eq!(status, "4");
+}
+
+#[test]
+fn deleting_a_deployment_takes_its_replicasets_and_pods_unless_orphaned() {
+    let server = TestServer::start(Backend::Sqlite).expect("start windlass server");
+    register_node(&server.kubeconfig(), "n1", "8", "16Gi").expect("register node");
+    let _kubelet = FakeKubelet::start(&server.kubeconfig(), &["n1"]).expect("fake kubelet");
+    let k = &kubectls()[0];
+    let replicasets = |server: &TestServer, app: &str| {
+        let (_, body) = server.curl(
+            "GET",
+            &format!("/apis/apps/v1/namespaces/default/replicasets?labelSelector=app%3D{app}"),
+            Some(&server.admin_token()),
+            None,
+            "",
+        );
+        json(&body)["items"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    for (app, cascade) in [("gone", None), ("kept", Some("--cascade=orphan"))] {
+        let manifest = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(
+            manifest.path(),
+            DEPLOYMENT
+                .replace("roll", app)
+                .replace("replicas: 5", "replicas: 3"),
+        )
+        .expect("write");
+        server.kubectl_ok(k, &["apply", "-f", manifest.path().to_str().expect("path")]);
+        server.kubectl_ok(
+            k,
+            &[
+                "rollout",
+                "status",
+                &format!("deployment/{app}"),
+                "--timeout=60s",
+            ],
+        );
+        assert_eq!(replicasets(&server, app), 1);
+        let mut args = vec!["delete", "deployment", app];
+        args.extend(cascade);
+        server.kubectl_ok(k, &args);
+        eventually(&format!("deployment {app} gone"), PATIENCE, || {
+            (server
+                .curl(
+                    "GET",
+                    &format!("/apis/apps/v1/namespaces/default/deployments/{app}"),
+                    Some(&server.admin_token()),
+                    None,
+                    "",
+                )
+                .0
+                == 404)
+                .then_some(())
+        });
+    }
+    eventually("gone's ReplicaSet and pods collected", PATIENCE, || {
+        (replicasets(&server, "gone") == 0 && pods(&server, "gone").is_empty()).then_some(())
+    });
+    // Orphaned: the ReplicaSet and its pods stay, and the ReplicaSet keeps them at 3.
+    assert_eq!(replicasets(&server, "kept"), 1);
+    assert_eq!(pods(&server, "kept").len(), 3);
 }

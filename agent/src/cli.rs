@@ -56,6 +56,16 @@ pub enum Command {
         #[arg(long)]
         disable_controllers: bool,
     },
+    /// Run the scheduler and controllers against an API server (like kube-controller-manager
+    /// and kube-scheduler), apart from `windlass server --disable-controllers`.
+    Controllers {
+        /// A kubeconfig with admin rights (`<data-dir>/admin.kubeconfig`).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// The range nodes' pod CIDRs (/24 each) are cut from.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+    },
     /// Print the version and the embedded eBPF objects.
     Version,
 }

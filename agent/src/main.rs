@@ -29,17 +29,8 @@ fn main() -> anyhow::Result<()> {
             let controllers = if disable_controllers {
                 None
             } else {
-                let (ip, bits) = cluster_cidr
-                    .split_once('/')
-                    .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok()?)))
-                    .filter(|(_, bits)| *bits <= 24)
-                    .with_context(|| {
-                        format!(
-                            "--cluster-cidr {cluster_cidr:?} is not an IPv4 CIDR of /24 or larger"
-                        )
-                    })?;
                 Some(windlass::control_plane::controllers::ControllerOptions {
-                    cluster_cidr: (ip, bits),
+                    cluster_cidr: parse_cidr(&cluster_cidr)?,
                     lifecycle:
                         windlass::control_plane::controllers::node_lifecycle::LifecycleOptions {
                             grace: std::time::Duration::from_secs(
@@ -80,6 +71,29 @@ fn main() -> anyhow::Result<()> {
                 ))
                 .context("windlass server failed")?;
         }
+        cli::Command::Controllers {
+            kubeconfig,
+            cluster_cidr,
+        } => {
+            let cluster_cidr = parse_cidr(&cluster_cidr)?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+            runtime.block_on(async {
+                let client =
+                    windlass::control_plane::controllers::client_from_kubeconfig(&kubeconfig)
+                        .await
+                        .with_context(|| format!("cannot use {}", kubeconfig.display()))?;
+                let options = windlass::control_plane::controllers::ControllerOptions {
+                    cluster_cidr,
+                    ..Default::default()
+                };
+                tokio::select! {
+                    _ = windlass::control_plane::controllers::run_all(client, options) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })?;
+        }
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -89,6 +103,14 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `10.244.0.0/16` -> (address, prefix length), for pod CIDR ranges of /24 or larger.
+fn parse_cidr(cidr: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    cidr.split_once('/')
+        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok()?)))
+        .filter(|(_, bits)| *bits <= 24)
+        .with_context(|| format!("--cluster-cidr {cidr:?} is not an IPv4 CIDR of /24 or larger"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (kill, systemd, the kubelet).

@@ -27,14 +27,14 @@ const PODS: usize = 10_000;
 const WATCHERS: usize = 100;
 const WATCHED_WRITES: usize = 200;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
-    ca: String,
-    _data: tempfile::TempDir,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) url: String,
+    pub(super) token: String,
+    pub(super) ca: String,
+    pub(super) data: tempfile::TempDir,
     _etcd: Option<(Child, tempfile::TempDir)>,
 }
 
@@ -55,7 +55,7 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn wait_for_port(port: u16, what: &str) -> Result<()> {
+pub(super) fn wait_for_port(port: u16, what: &str) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -67,7 +67,7 @@ fn wait_for_port(port: u16, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn start(binary: &Path, store: &str) -> Result<Server> {
+pub(super) fn start(binary: &Path, store: &str, extra: &[&str]) -> Result<Server> {
     let data = tempfile::tempdir()?;
     let mut args = vec![];
     let etcd = if store == "etcd" {
@@ -106,6 +106,7 @@ fn start(binary: &Path, store: &str) -> Result<Server> {
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .args(&args)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -119,12 +120,12 @@ fn start(binary: &Path, store: &str) -> Result<Server> {
         url: format!("https://127.0.0.1:{port}"),
         token: read("pki/admin.token")?.trim().to_string(),
         ca: read("pki/ca.crt")?,
-        _data: data,
+        data,
         _etcd: etcd,
     })
 }
 
-fn client(ca_pem: &str) -> Result<HttpsClient> {
+pub(super) fn client(ca_pem: &str) -> Result<HttpsClient> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -151,7 +152,7 @@ fn client(ca_pem: &str) -> Result<HttpsClient> {
         .build(https))
 }
 
-async fn request(
+pub(super) async fn request(
     client: &HttpsClient,
     server: &Server,
     method: &str,
@@ -172,7 +173,11 @@ async fn request(
     Ok((status, bytes))
 }
 
-async fn create_namespace(client: &HttpsClient, server: &Server, name: &str) -> Result<()> {
+pub(super) async fn create_namespace(
+    client: &HttpsClient,
+    server: &Server,
+    name: &str,
+) -> Result<()> {
     let (code, body) = request(
         client,
         server,
@@ -191,7 +196,7 @@ async fn create_namespace(client: &HttpsClient, server: &Server, name: &str) -> 
 }
 
 /// `total` creates of `make(i)` at `path` from `clients` concurrent tasks; creates per second.
-async fn creates(
+pub(super) async fn creates(
     client: &HttpsClient,
     server: &Arc<Server>,
     path: &str,
@@ -345,7 +350,7 @@ async fn watch_latency(client: &HttpsClient, server: &Arc<Server>) -> Result<Vec
 
 async fn bench_store(binary: &Path, store: &str) -> Result<Value> {
     eprintln!("bench apiserver: {store}");
-    let server = Arc::new(start(binary, store)?);
+    let server = Arc::new(start(binary, store, &[])?);
     let client = client(&server.ca)?;
     let pid = server.child.id();
     create_namespace(&client, &server, "creates1").await?;

@@ -2,6 +2,7 @@
 //! `target/bench/`; `docs/benchmarks.md` keeps the figures with the command that made them.
 
 mod apiserver;
+mod scheduler;
 
 use anyhow::{Result, bail};
 
@@ -9,7 +10,8 @@ use anyhow::{Result, bail};
 pub fn run(name: &str) -> Result<()> {
     match name {
         "apiserver" => apiserver::run(),
-        other => bail!("unknown benchmark {other:?}; available: apiserver"),
+        "scheduler" => scheduler::run(),
+        other => bail!("unknown benchmark {other:?}; available: apiserver, scheduler"),
     }
 }
 

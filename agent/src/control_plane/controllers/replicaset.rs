@@ -166,24 +166,40 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Con
         let owner = rs
             .controller_owner_ref(&())
             .ok_or_else(|| ControllerError::Invalid("no owner ref".into()))?;
-        for _ in counted..wanted {
-            let mut metadata = template.metadata.clone().unwrap_or_default();
-            metadata.name = None;
-            metadata.generate_name = Some(format!("{name}-"));
-            metadata.namespace = Some(ns.clone());
-            metadata.owner_references = Some(vec![owner.clone()]);
-            let pod = Pod {
-                metadata,
-                spec: template.spec.clone(),
-                status: None,
-            };
-            let created = pods_api.create(&PostParams::default(), &pod).await?;
-            if let Ok(mut exp) = ctx.expectations.lock() {
-                exp.creating
-                    .entry(uid.clone())
-                    .or_default()
-                    .insert(created.name_any());
+        let mut metadata = template.metadata.clone().unwrap_or_default();
+        metadata.name = None;
+        metadata.generate_name = Some(format!("{name}-"));
+        metadata.namespace = Some(ns.clone());
+        metadata.owner_references = Some(vec![owner.clone()]);
+        let pod = Pod {
+            metadata,
+            spec: template.spec.clone(),
+            status: None,
+        };
+        // Up to 16 creates in flight (a 1,000-replica scale-up must not be 1,000 round trips in
+        // a row); each created pod is expected before the next reconcile counts.
+        let post = PostParams::default();
+        let creates = futures::stream::iter(counted..wanted)
+            .map(|_| pods_api.create(&post, &pod))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let mut failure = None;
+        for created in creates {
+            match created {
+                Ok(created) => {
+                    if let Ok(mut exp) = ctx.expectations.lock() {
+                        exp.creating
+                            .entry(uid.clone())
+                            .or_default()
+                            .insert(created.name_any());
+                    }
+                }
+                Err(e) => failure = Some(e),
             }
+        }
+        if let Some(e) = failure {
+            return Err(e.into());
         }
         tracing::info!(replicaset = %name, created = wanted - counted, "scaled up");
     } else if counted > wanted {

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -39,12 +39,64 @@ pub enum ScheduleError {
     Unschedulable(String),
 }
 
+/// Requests per node: every bound pod the watch has shown, plus pods this scheduler has just
+/// bound and not yet seen bound (assumed), so decisions never oversubscribe a node and never
+/// walk every pod.
+#[derive(Default)]
+struct Ledger {
+    per_node: HashMap<String, Usage>,
+    by_pod: HashMap<String, (String, Usage)>,
+}
+
+impl Ledger {
+    fn upsert(&mut self, uid: &str, node: &str, usage: Usage) {
+        self.remove(uid);
+        self.per_node
+            .entry(node.to_string())
+            .or_default()
+            .add_usage(&usage);
+        self.by_pod
+            .insert(uid.to_string(), (node.to_string(), usage));
+    }
+
+    fn remove(&mut self, uid: &str) {
+        if let Some((node, usage)) = self.by_pod.remove(uid)
+            && let Some(total) = self.per_node.get_mut(&node)
+        {
+            total.remove_usage(&usage);
+        }
+    }
+
+    /// Applies one pod watch event.
+    fn observe(&mut self, event: &watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let uid = pod.uid().unwrap_or_default();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .filter(|n| !n.is_empty());
+                match node {
+                    Some(_) if terminal(pod) => self.remove(&uid),
+                    Some(node) => self.upsert(&uid, &node, Usage::of(pod)),
+                    // Unbound as far as this event knows: an assumption stays until the
+                    // binding shows up.
+                    None => {}
+                }
+            }
+            watcher::Event::Delete(pod) => self.remove(&pod.uid().unwrap_or_default()),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+}
+
 struct Context {
     client: Client,
     nodes: Store<Node>,
-    pods: Store<Pod>,
-    /// Pods bound by this scheduler but not yet seen bound in the store: uid -> node.
-    assumed: tokio::sync::Mutex<HashMap<String, (String, Arc<Pod>)>>,
+    ledger: std::sync::Mutex<Ledger>,
+    /// One decision at a time (binding happens outside it).
+    deciding: tokio::sync::Mutex<()>,
 }
 
 fn terminal(pod: &Pod) -> bool {
@@ -68,50 +120,52 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, ScheduleEr
         return Ok(Action::await_change());
     }
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let mut assumed = ctx.assumed.lock().await;
-    // Usage per node: bound pods from the store, plus assumed pods the store has not caught up to.
-    let mut usage: HashMap<String, Usage> = HashMap::new();
-    let mut seen_bound = std::collections::HashSet::new();
-    for p in ctx.pods.state() {
-        if let Some(node) = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty())
-            && !terminal(&p)
-        {
-            usage.entry(node).or_default().add(&p);
-            seen_bound.insert(p.uid().unwrap_or_default());
+    let uid = pod.uid().unwrap_or_default();
+    let decision = {
+        let _one_at_a_time = ctx.deciding.lock().await;
+        let nodes = ctx.nodes.state();
+        let mut ledger = ctx
+            .ledger
+            .lock()
+            .map_err(|_| ScheduleError::Unschedulable("scheduler ledger poisoned".into()))?;
+        if ledger.by_pod.contains_key(&uid) {
+            // Already decided (and being bound): nothing to do.
+            return Ok(Action::await_change());
         }
-    }
-    assumed.retain(|uid, _| !seen_bound.contains(uid));
-    for (node, p) in assumed.values() {
-        usage.entry(node.clone()).or_default().add(p);
-    }
-    let nodes = ctx.nodes.state();
-    let mut reasons: HashMap<&'static str, usize> = HashMap::new();
-    let mut best: Option<(i64, String)> = None;
-    for node in &nodes {
-        let node_name = node.name_any();
-        let on_node = usage.get(&node_name).cloned().unwrap_or_default();
-        match fits(&pod, node, &on_node) {
-            Ok(()) => {
-                let s = score(&pod, node, &on_node);
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, n)| s > *b || (s == *b && node_name < *n))
-                {
-                    best = Some((s, node_name));
+        let mut reasons: HashMap<&'static str, usize> = HashMap::new();
+        let mut best: Option<(i64, String)> = None;
+        let empty = Usage::default();
+        for node in &nodes {
+            let node_name = node.name_any();
+            let on_node = ledger.per_node.get(&node_name).unwrap_or(&empty);
+            match fits(&pod, node, on_node) {
+                Ok(()) => {
+                    let s = score(&pod, node, on_node);
+                    if best
+                        .as_ref()
+                        .is_none_or(|(b, n)| s > *b || (s == *b && node_name < *n))
+                    {
+                        best = Some((s, node_name));
+                    }
                 }
+                Err(reason) => *reasons.entry(reason).or_default() += 1,
             }
-            Err(reason) => *reasons.entry(reason).or_default() += 1,
         }
-    }
-    let Some((_, node)) = best else {
-        drop(assumed);
-        let message = predicates::failure_message(nodes.len(), &reasons);
-        report_unschedulable(&ctx.client, &pod, &message).await?;
-        return Err(ScheduleError::Unschedulable(message));
+        match best {
+            Some((_, node)) => {
+                // Assume it now, so the next decision sees this node's new usage.
+                ledger.upsert(&uid, &node, Usage::of(&pod));
+                Ok(node)
+            }
+            None => Err(predicates::failure_message(nodes.len(), &reasons)),
+        }
+    };
+    let node = match decision {
+        Ok(node) => node,
+        Err(message) => {
+            report_unschedulable(&ctx.client, &pod, &message).await?;
+            return Err(ScheduleError::Unschedulable(message));
+        }
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let binding = json!({
@@ -119,22 +173,26 @@ async fn schedule(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, ScheduleEr
         "metadata": { "name": name, "namespace": ns },
         "target": { "apiVersion": "v1", "kind": "Node", "name": node },
     });
-    match pods
+    let result = pods
         .create_subresource::<_, serde_json::Value>(
             "binding",
             &name,
             &PostParams::default(),
             &binding,
         )
-        .await
-    {
-        Ok(_) => {
-            assumed.insert(pod.uid().unwrap_or_default(), (node.clone(), pod.clone()));
-            tracing::debug!(pod = %format!("{ns}/{name}"), node, "bound");
+        .await;
+    match result {
+        Ok(_) => tracing::debug!(pod = %format!("{ns}/{name}"), node, "bound"),
+        Err(e) => {
+            // Not bound by us: drop the assumption (the watch shows wherever it really went).
+            if let Ok(mut ledger) = ctx.ledger.lock() {
+                ledger.remove(&uid);
+            }
+            match e {
+                kube::Error::Api(status) if status.code == 409 || status.code == 404 => {}
+                e => return Err(e.into()),
+            }
         }
-        // Bound meanwhile (another scheduler) or gone: nothing to do.
-        Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {}
-        Err(e) => return Err(e.into()),
     }
     Ok(Action::await_change())
 }
@@ -217,7 +275,6 @@ fn error_policy(pod: Arc<Pod>, error: &ScheduleError, _: Arc<Context>) -> Action
 
 /// Runs the scheduler.
 pub async fn run(client: Client) {
-    let (pods, all_pods) = reflect(Api::<Pod>::all(client.clone()), watcher::Config::default());
     let (nodes, node_events) =
         reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
     let unscheduled = watcher::Config::default().fields("spec.nodeName=");
@@ -232,16 +289,24 @@ pub async fn run(client: Client) {
             .collect::<Vec<_>>()
     };
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         nodes,
-        pods,
-        assumed: Default::default(),
+        ledger: Default::default(),
+        deciding: Default::default(),
     });
-    // The reflector of all pods must keep running to fill its store; it triggers nothing.
-    let drive_pods = all_pods.for_each(|_| futures::future::ready(()));
+    // Every pod's binding and end keeps the ledger of node usage current.
+    let ledger_ctx = ctx.clone();
+    let track_pods = watcher(Api::<Pod>::all(client), watcher::Config::default())
+        .default_backoff()
+        .for_each(move |event| {
+            if let (Ok(event), Ok(mut ledger)) = (event, ledger_ctx.ledger.lock()) {
+                ledger.observe(&event);
+            }
+            futures::future::ready(())
+        });
     let schedule_loop = controller
         .watches_stream(node_events, requeue_pending)
         .run(schedule, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(drive_pods, schedule_loop);
+    tokio::join!(track_pods, schedule_loop);
 }

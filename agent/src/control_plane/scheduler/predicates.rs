@@ -130,9 +130,35 @@ pub struct Usage {
 impl Usage {
     /// Adds a pod.
     pub fn add(&mut self, pod: &Pod) {
-        self.requested += pod_requests(pod);
-        self.pods += 1;
-        self.host_ports.extend(host_ports(pod));
+        self.add_usage(&Usage::of(pod));
+    }
+
+    /// What one pod takes.
+    pub fn of(pod: &Pod) -> Usage {
+        Usage {
+            requested: pod_requests(pod),
+            pods: 1,
+            host_ports: host_ports(pod),
+        }
+    }
+
+    /// Adds another usage (one pod's, say).
+    pub fn add_usage(&mut self, other: &Usage) {
+        self.requested += other.requested;
+        self.pods += other.pods;
+        self.host_ports.extend(other.host_ports.iter().cloned());
+    }
+
+    /// Removes a usage added before.
+    pub fn remove_usage(&mut self, other: &Usage) {
+        self.requested.cpu -= other.requested.cpu;
+        self.requested.memory -= other.requested.memory;
+        self.pods -= other.pods;
+        for port in &other.host_ports {
+            if let Some(i) = self.host_ports.iter().position(|p| p == port) {
+                self.host_ports.swap_remove(i);
+            }
+        }
     }
 }
 
