@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -591,11 +591,6 @@ pub async fn run(
     on_ready(&RunningServer { kubeconfig, addr });
     serve::serve(listener, tls, app, shutdown).await;
     Ok(())
-}
-
-/// A body for tests and tools: the empty body.
-pub fn empty_body() -> Body {
-    Body::empty()
 }
 
 #[cfg(test)]
