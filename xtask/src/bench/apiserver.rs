@@ -254,6 +254,30 @@ fn rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// Reads a watch response line by line and calls `on_event` with each event and the instant its
+/// data arrived, until `on_event` returns false or the stream ends.
+pub(super) async fn each_event(
+    mut body: hyper::body::Incoming,
+    mut on_event: impl FnMut(Value, Instant) -> bool,
+) {
+    let mut buffer = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let arrived = Instant::now();
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            if let Ok(event) = serde_json::from_slice::<Value>(&line)
+                && !on_event(event, arrived)
+            {
+                return;
+            }
+        }
+    }
+}
+
 /// Write-to-event latency with `WATCHERS` concurrent watches, in milliseconds (sorted).
 async fn watch_latency(client: &HttpsClient, server: &Arc<Server>) -> Result<Vec<f64>> {
     create_namespace(client, server, "watchbench").await?;
@@ -271,36 +295,22 @@ async fn watch_latency(client: &HttpsClient, server: &Arc<Server>) -> Result<Vec
         let response = client.request(req).await?;
         let (sent, samples) = (sent.clone(), samples.clone());
         watchers.push(tokio::spawn(async move {
-            let mut body = response.into_body();
-            let mut buffer = Vec::new();
             let mut seen = 0;
-            while seen < WATCHED_WRITES {
-                let Some(Ok(frame)) = body.frame().await else {
-                    break;
-                };
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let now = Instant::now();
-                buffer.extend_from_slice(&data);
-                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=end).collect();
-                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
-                        continue;
-                    };
-                    let name = event
-                        .pointer("/object/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    if let Some(at) = sent.lock().ok().and_then(|s| s.get(&name).copied()) {
-                        if let Ok(mut samples) = samples.lock() {
-                            samples.push(now.duration_since(at).as_secs_f64() * 1000.0);
-                        }
-                        seen += 1;
+            each_event(response.into_body(), |event, arrived| {
+                let name = event
+                    .pointer("/object/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(at) = sent.lock().ok().and_then(|s| s.get(&name).copied()) {
+                    if let Ok(mut samples) = samples.lock() {
+                        samples.push(arrived.duration_since(at).as_secs_f64() * 1000.0);
                     }
+                    seen += 1;
                 }
-            }
+                seen < WATCHED_WRITES
+            })
+            .await;
         }));
     }
     // Wait until every watch is open on the server.

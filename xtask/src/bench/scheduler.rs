@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use super::apiserver::{HttpsClient, Server, client, create_namespace, creates, request, start};
+use super::apiserver::{
+    HttpsClient, Server, client, create_namespace, creates, each_event, request, start,
+};
 use crate::paths;
 
 const NODES: usize = 100;
@@ -54,37 +56,29 @@ async fn bound_watch(
         .body(Full::new(Bytes::new()))?;
     let response = client.request(req).await?;
     Ok(tokio::spawn(async move {
-        let mut body = response.into_body();
-        let mut buffer = Vec::new();
         let mut bound = HashSet::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buffer.extend_from_slice(&data);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                if event
-                    .pointer("/object/spec/nodeName")
+        let mut done = None;
+        each_event(response.into_body(), |event, arrived| {
+            if event
+                .pointer("/object/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some()
+            {
+                let name = event
+                    .pointer("/object/metadata/name")
                     .and_then(Value::as_str)
-                    .is_some()
-                {
-                    let name = event
-                        .pointer("/object/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    bound.insert(name);
-                    if bound.len() >= count {
-                        return Some(Instant::now());
-                    }
+                    .unwrap_or("")
+                    .to_string();
+                bound.insert(name);
+                if bound.len() >= count {
+                    done = Some(arrived);
+                    return false;
                 }
             }
-        }
-        None
+            true
+        })
+        .await;
+        done
     }))
 }
 
