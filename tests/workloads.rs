@@ -274,6 +274,18 @@ spec:
         resources: {requests: {cpu: 100m, memory: 64Mi}}
 "#;
 
+/// Whether a pod (as JSON) is live (not terminating) and Ready.
+fn live_and_ready(pod: &Value) -> (bool, bool) {
+    let ready = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+    (pod.pointer("/metadata/deletionTimestamp").is_none(), ready)
+}
+
 /// Watches `app`'s pods from a consistent list and checks, after every event, that live pods
 /// stay within replicas + surge and ready ones at or above replicas - unavailable.
 fn watch_bounds(
@@ -291,16 +303,9 @@ fn watch_bounds(
     let list = json(&body);
     let mut pods: HashMap<String, (bool, bool)> = HashMap::new();
     for p in list["items"].as_array().expect("items") {
-        let ready = p
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
         pods.insert(
             p["metadata"]["name"].as_str().unwrap_or("").into(),
-            (p.pointer("/metadata/deletionTimestamp").is_none(), ready),
+            live_and_ready(p),
         );
     }
     let rv = list["metadata"]["resourceVersion"]
@@ -332,17 +337,7 @@ fn watch_bounds(
             if event["type"] == "DELETED" {
                 pods.remove(&name);
             } else {
-                let ready = p
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    });
-                pods.insert(
-                    name,
-                    (p.pointer("/metadata/deletionTimestamp").is_none(), ready),
-                );
+                pods.insert(name, live_and_ready(p));
             }
             events += 1;
             let live = pods.values().filter(|(live, _)| *live).count();
