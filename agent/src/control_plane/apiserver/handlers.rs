@@ -1071,6 +1071,38 @@ impl Api {
         Ok(taken)
     }
 
+    /// Claims one allocation key for `owner`: `true` when it was free.
+    async fn claim(&self, key: &str, owner: &str) -> Result<bool, Allocation> {
+        match self.store.create(key, owner.as_bytes().to_vec()).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::AlreadyExists(_)) => Ok(false),
+            Err(e) => Err(Allocation::Store(e)),
+        }
+    }
+
+    /// Claims the first free of `span` candidates, probing upwards from a random one; `nth(i)`
+    /// is candidate `i` and its allocation key.
+    async fn claim_any<T>(
+        &self,
+        span: u32,
+        owner: &str,
+        nth: impl Fn(u32) -> (T, String),
+    ) -> Result<(T, String), Allocation> {
+        let random = u32::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
+        let start = random % span.max(1);
+        for step in 0..span {
+            let (value, key) = nth((start + step) % span);
+            if self.claim(&key, owner).await? {
+                return Ok((value, key));
+            }
+        }
+        Err(Allocation::Full("range is full".into()))
+    }
+
     async fn allocate_ip(
         &self,
         requested: &str,
@@ -1091,31 +1123,21 @@ impl Api {
                     Ipv4Addr::from(base)
                 )));
             }
-            return match self.store.create(&key(ip), owner.as_bytes().to_vec()).await {
-                Ok(_) => Ok((ip, key(ip))),
-                Err(StoreError::AlreadyExists(_)) => Err(Allocation::Invalid(
+            return if self.claim(&key(ip), owner).await? {
+                Ok((ip, key(ip)))
+            } else {
+                Err(Allocation::Invalid(
                     "provided IP is already allocated".into(),
-                )),
-                Err(e) => Err(Allocation::Store(e)),
+                ))
             };
         }
-        // .1 is the kubernetes Service's; start at a random offset and probe upwards.
+        // .1 is the kubernetes Service's: candidates start at .2.
         let usable = size.saturating_sub(3).max(1);
-        let start = u32::from_le_bytes(
-            uuid::Uuid::new_v4().as_bytes()[..4]
-                .try_into()
-                .unwrap_or([0; 4]),
-        ) % usable;
-        for step in 0..usable {
-            let offset = 2 + (start + step) % usable;
-            let ip = Ipv4Addr::from(base + offset);
-            match self.store.create(&key(ip), owner.as_bytes().to_vec()).await {
-                Ok(_) => return Ok((ip, key(ip))),
-                Err(StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(Allocation::Store(e)),
-            }
-        }
-        Err(Allocation::Full("range is full".into()))
+        self.claim_any(usable, owner, |i| {
+            let ip = Ipv4Addr::from(base + 2 + i);
+            (ip, key(ip))
+        })
+        .await
     }
 
     async fn allocate_node_port(
@@ -1128,37 +1150,20 @@ impl Api {
         if let Some(port) = requested {
             let port = u16::try_from(port).ok().filter(|p| (low..=high).contains(p))
                 .ok_or_else(|| Allocation::Invalid(format!("provided port is not in the valid range. The range of valid ports is {low}-{high}")))?;
-            return match self
-                .store
-                .create(&key(port), owner.as_bytes().to_vec())
-                .await
-            {
-                Ok(_) => Ok((port, key(port))),
-                Err(StoreError::AlreadyExists(_)) => Err(Allocation::Invalid(
+            return if self.claim(&key(port), owner).await? {
+                Ok((port, key(port)))
+            } else {
+                Err(Allocation::Invalid(
                     "provided port is already allocated".into(),
-                )),
-                Err(e) => Err(Allocation::Store(e)),
+                ))
             };
         }
         let span = u32::from(high - low) + 1;
-        let start = u32::from_le_bytes(
-            uuid::Uuid::new_v4().as_bytes()[..4]
-                .try_into()
-                .unwrap_or([0; 4]),
-        ) % span;
-        for step in 0..span {
-            let port = low + ((start + step) % span) as u16;
-            match self
-                .store
-                .create(&key(port), owner.as_bytes().to_vec())
-                .await
-            {
-                Ok(_) => return Ok((port, key(port))),
-                Err(StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(Allocation::Store(e)),
-            }
-        }
-        Err(Allocation::Full("range is full".into()))
+        self.claim_any(span, owner, |i| {
+            let port = low + i as u16;
+            (port, key(port))
+        })
+        .await
     }
 
     async fn release(&self, keys: &[String]) {
