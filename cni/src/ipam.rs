@@ -267,6 +267,16 @@ impl Pool {
         )))
     }
 
+    /// The address (`container_id`, `ifname`) holds, if any.
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        let _lock = self.lock()?;
+        Ok(self
+            .allocations()?
+            .into_iter()
+            .find(|(_, id, ifn)| id == container_id && ifn == ifname)
+            .map(|(ip, ..)| ip))
+    }
+
     /// Frees the address of (`container_id`, `ifname`); nothing to free is not an error.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<(), IpamError> {
         let _lock = self.lock()?;

@@ -10,10 +10,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 /// Errors from netlink operations.
@@ -84,10 +88,11 @@ pub struct Netlink {
 
 /// Opens a netlink connection on a current-thread runtime in the calling thread's namespace and
 /// drives `f` to completion with it. Meant to be called inside [`crate::netns::NetNs::run`].
-pub fn block_on<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+pub fn block_on<T, E, F, Fut>(f: F) -> Result<T, E>
 where
+    E: From<NetlinkError>,
     F: FnOnce(Netlink) -> Fut,
-    Fut: Future<Output = Result<T, NetlinkError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -160,11 +165,45 @@ impl Netlink {
         peer: &str,
         peer_netns: Option<&File>,
     ) -> Result<(), NetlinkError> {
+        self.add_veth_with(name, peer, peer_netns, None, None).await
+    }
+
+    /// Creates a veth pair in one request: `host` here, already up, with `mtu` and enslaved to
+    /// the bridge with index `controller`; its peer named `peer` directly inside `peer_netns`.
+    /// Nothing is left half-made: the kernel creates both ends or neither.
+    pub async fn add_veth_on_bridge(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: &File,
+        mtu: Option<u32>,
+        controller: u32,
+    ) -> Result<(), NetlinkError> {
+        self.add_veth_with(host, peer, Some(peer_netns), mtu, Some(controller))
+            .await
+    }
+
+    async fn add_veth_with(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: Option<&File>,
+        mtu: Option<u32>,
+        controller: Option<u32>,
+    ) -> Result<(), NetlinkError> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string());
+        let mut host_msg = LinkVeth::new(host, peer);
         if let Some(ns) = peer_netns {
             peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd());
         }
-        let msg = LinkVeth::new(name, peer)
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            host_msg = host_msg.mtu(mtu);
+        }
+        if let Some(controller) = controller {
+            host_msg = host_msg.controller(controller).up();
+        }
+        let msg = host_msg
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
         self.handle
@@ -172,7 +211,141 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(request("add veth", format!("{name} (peer {peer})")))
+            .map_err(request("add veth", format!("{host} (peer {peer})")))
+    }
+
+    /// Creates bridge `name`, up, with hardware address `mac`, `mtu` if given and promiscuous
+    /// mode if asked. A bridge given its address keeps it, instead of taking the lowest of its
+    /// ports' addresses as they come and go.
+    pub async fn add_bridge_with(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+        promiscuous: bool,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = LinkBridge::new(name).up().address(mac.to_vec());
+        if let Some(mtu) = mtu {
+            msg = msg.mtu(mtu);
+        }
+        if promiscuous {
+            msg = msg.promiscuous(true);
+        }
+        self.handle
+            .link()
+            .add(msg.build())
+            .execute()
+            .await
+            .map_err(request("add bridge", name))
+    }
+
+    /// Turns hairpin mode on for the bridge port with index `port` (`name` is for errors), so a
+    /// pod can reach itself through a service address that leads back to it.
+    pub async fn set_hairpin(&self, port: u32, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkBridgePort::new(port).hairpin(true).build();
+        // Port options travel as RTM_NEWLINK on the existing link, not RTM_SETLINK.
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(request("set hairpin mode on", name))
+    }
+
+    async fn set_link(
+        &self,
+        msg: LinkMessage,
+        action: &'static str,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(request(action, name))
+    }
+
+    /// Sets the link with index `index` up (`name` is for errors).
+    pub async fn set_up_index(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link(msg, "set up", name).await
+    }
+
+    /// Turns promiscuous mode on for the link with index `index` (`name` is for errors).
+    pub async fn set_promiscuous(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).promiscuous(true).build();
+        self.set_link(msg, "set promiscuous mode on", name).await
+    }
+
+    /// Every link in this namespace.
+    pub async fn links(&self) -> Result<Vec<LinkMessage>, NetlinkError> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request("list", "links"))
+    }
+
+    /// IPv4 addresses on the link with index `index`, as (address, prefix length).
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request("list", format!("addresses of link {index}")))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// IPv4 routes of the main table as (destination, prefix length, gateway, output index).
+    pub async fn ipv4_routes(
+        &self,
+    ) -> Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request("list", "routes"))?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+            .map(|m| {
+                let mut destination = Ipv4Addr::UNSPECIFIED;
+                let mut gateway = None;
+                let mut oif = None;
+                for attribute in &m.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                        RouteAttribute::Oif(index) => oif = Some(*index),
+                        _ => {}
+                    }
+                }
+                (
+                    destination,
+                    m.header.destination_prefix_length,
+                    gateway,
+                    oif,
+                )
+            })
+            .collect())
     }
 
     /// Creates a bridge called `name`.
@@ -204,12 +377,7 @@ impl Netlink {
     pub async fn set_up(&self, name: &str) -> Result<(), NetlinkError> {
         let index = self.link_index(name).await?;
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(request("set up", name))
+        self.set_link(msg, "set up", name).await
     }
 
     /// Adds `address/prefix_len` to link `name`.
