@@ -4,6 +4,7 @@
 //! - [`apiserver`]: a real `windlass server` process per test, on SQLite or etcd.
 //! - [`topology`]: nodes as network namespaces on a fabric bridge (underlay 192.0.2.0/24), pods as
 //!   namespaces behind veths, removed on drop, also after a panic.
+//! - [`cni`]: running CNI plugins as libcni and containerd do.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
 //! - [`fake_kubelet`]: fake nodes and a watch-driven fake kubelet for controller tests.
@@ -17,6 +18,7 @@
 pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
+pub mod cni;
 pub mod etcd;
 pub mod fake_kubelet;
 pub mod leaks;
