@@ -63,7 +63,7 @@ impl Net {
         self.data.path().join("windlass")
     }
 
-    /// Addresses the IPAM holds, with the owner written in each file.
+    /// Addresses the IPAM holds, with the owner (`<container id>/<ifname>`) each one names.
     fn allocated(&self) -> Vec<(Ipv4Addr, String)> {
         let Ok(entries) = std::fs::read_dir(self.ipam_dir()) else {
             return Vec::new();
@@ -72,7 +72,8 @@ impl Net {
             .filter_map(|e| {
                 let e = e.ok()?;
                 let ip = e.file_name().to_str()?.parse().ok()?;
-                let owner = std::fs::read_to_string(e.path()).ok()?;
+                let owner = std::fs::read_link(e.path()).ok()?;
+                let owner = owner.to_str()?.to_string();
                 Some((ip, owner))
             })
             .collect();
@@ -561,7 +562,7 @@ fn a_hundred_parallel_adds_get_distinct_addresses_and_dels_free_them_all() {
             .into_iter()
             .find(|(ip, _)| *ip == ip_of(&results[i]))
             .map(|(_, owner)| owner);
-        assert_eq!(owner.as_deref(), Some(format!("c{i}\neth0\n").as_str()));
+        assert_eq!(owner.as_deref(), Some(format!("c{i}/eth0").as_str()));
     }
     assert_eq!(
         net.node_links().len(),
@@ -625,7 +626,7 @@ fn a_killed_add_leaks_nothing_after_gc() {
     net.call(&Call::new("GC", "x", None), &gc).expect_ok("GC");
     assert_eq!(
         net.allocated(),
-        vec![(live_ip, "live\neth0\n".to_string())],
+        vec![(live_ip, "live/eth0".to_string())],
         "GC freed only the killed ADDs' addresses"
     );
     assert_eq!(net.node_links().len(), 2, "bridge and the live pod's veth");

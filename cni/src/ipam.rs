@@ -1,15 +1,17 @@
 //! Built-in IPAM: addresses from a subnet range, one file per allocated IP.
 //!
-//! `<data-dir>/<ip>` holds the container id and interface name that own the address. Every
-//! operation runs under an exclusive `flock` of `<data-dir>/lock`. A reservation is written
-//! complete to a temporary file and then hard-linked to its final name, which fails if the name
-//! exists: an address file is either absent or whole, so a crash never leaves the empty files
-//! host-local can (containernetworking/plugins#498). Allocation is round-robin from the last
-//! reserved address. ADD for a (container, ifname) that already holds an address returns it;
-//! DEL of something unknown succeeds; GC frees every allocation not in the valid list.
+//! `<data-dir>/<ip>` is a symlink whose target, `<container id>/<ifname>`, names the owner of
+//! the address (`ls -l` shows who holds what). Every operation runs under an exclusive `flock`
+//! of `<data-dir>/lock`. A reservation is one `symlink(2)`, which fails if the name exists and
+//! is journalled with its target: an address is either free or owned, never half-written, also
+//! after a crash or a full disk, so the empty files host-local can leave
+//! (containernetworking/plugins#498) cannot happen, and no `fsync` or temporary file is needed.
+//! Allocation is round-robin from the last reserved address (a hint rewritten in place). ADD for
+//! a (container, ifname) that already holds an address returns it; DEL of something unknown
+//! succeeds; GC frees every allocation not in the valid list.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -192,43 +194,45 @@ impl Pool {
             else {
                 continue;
             };
-            let text = fs::read_to_string(entry.path()).map_err(io_err("read", &entry.path()))?;
-            let mut lines = text.lines();
-            let id = lines.next().unwrap_or_default().trim().to_string();
-            let ifname = lines.next().unwrap_or_default().trim().to_string();
-            found.push((ip, id, ifname));
+            let path = entry.path();
+            let owner = match fs::read_link(&path) {
+                Ok(target) => target.to_string_lossy().into_owned(),
+                // Not a symlink: a plain file "id\nifname\n" as host-local writes them.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => fs::read_to_string(&path)
+                    .map_err(io_err("read", &path))?
+                    .replacen('\n', "/", 1),
+                Err(e) => return Err(io_err("read", &path)(e)),
+            };
+            let (id, ifname) = owner.trim().split_once('/').unwrap_or((owner.trim(), ""));
+            found.push((ip, id.to_string(), ifname.to_string()));
         }
         Ok(found)
     }
 
-    /// Writes `contents` to `path` only if `path` does not exist, complete or not at all.
-    fn reserve(&self, ip: Ipv4Addr, contents: &str) -> Result<bool, IpamError> {
+    /// Reserves `ip` for `owner` unless it is taken; `Ok(false)` when it is.
+    fn reserve(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, IpamError> {
         let path = self.data_dir.join(ip.to_string());
-        let tmp = self
-            .data_dir
-            .join(format!(".{ip}.{}.tmp", std::process::id()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        let written = file
-            .write_all(contents.as_bytes())
-            .and_then(|_| file.sync_all());
-        drop(file);
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("write", &tmp)(e));
-        }
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
+        match std::os::unix::fs::symlink(owner, &path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(io_err("reserve", &path)(e)),
         }
+    }
+
+    /// Records the round-robin hint in place, padded to a fixed width so no truncation is
+    /// needed; a torn write only costs the hint (allocation then starts from the range start).
+    fn remember_last(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.data_dir.join(LAST_RESERVED);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        file.write_all_at(format!("{:<15}", ip.to_string()).as_bytes(), 0)
+            .map_err(io_err("write", &path))
     }
 
     /// The address of (`container_id`, `ifname`): the one it holds, or a new one.
@@ -252,12 +256,10 @@ impl Pool {
         {
             candidates.rotate_left(pos + 1);
         }
-        let contents = format!("{container_id}\n{ifname}\n");
+        let owner = format!("{container_id}/{ifname}");
         for ip in candidates {
-            if self.reserve(ip, &contents)? {
-                let tmp = self.data_dir.join(format!(".{LAST_RESERVED}.tmp"));
-                fs::write(&tmp, ip.to_string()).map_err(io_err("write", &tmp))?;
-                fs::rename(&tmp, &last_path).map_err(io_err("rename", &last_path))?;
+            if self.reserve(ip, &owner)? {
+                self.remember_last(ip)?;
                 return Ok(ip);
             }
         }
@@ -383,8 +385,8 @@ mod tests {
             p.allocate("ctr-c", "eth0").expect("c"),
             Ipv4Addr::new(10, 244, 1, 4)
         );
-        let record = fs::read_to_string(dir.path().join("10.244.1.3")).expect("record");
-        assert_eq!(record, "ctr-b\neth0\n");
+        let record = fs::read_link(dir.path().join("10.244.1.3")).expect("record");
+        assert_eq!(record, Path::new("ctr-b/eth0"));
         let stray: Vec<_> = fs::read_dir(dir.path())
             .expect("dir")
             .flatten()

@@ -2,6 +2,7 @@
 //! `target/bench/`; `docs/benchmarks.md` keeps the figures with the command that made them.
 
 mod apiserver;
+mod cni;
 mod scheduler;
 
 use anyhow::{Result, bail};
@@ -10,8 +11,9 @@ use anyhow::{Result, bail};
 pub fn run(name: &str) -> Result<()> {
     match name {
         "apiserver" => apiserver::run(),
+        "cni" => cni::run(),
         "scheduler" => scheduler::run(),
-        other => bail!("unknown benchmark {other:?}; available: apiserver, scheduler"),
+        other => bail!("unknown benchmark {other:?}; available: apiserver, cni, scheduler"),
     }
 }
 
