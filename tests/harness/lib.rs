@@ -5,6 +5,8 @@
 //! - [`topology`]: nodes as network namespaces on a fabric bridge (underlay 192.0.2.0/24), pods as
 //!   namespaces behind veths, removed on drop, also after a panic.
 //! - [`cni`]: running CNI plugins as libcni and containerd do.
+//! - [`containerd`]: a private containerd (CRI plugin, runc) inside a node namespace, driven
+//!   through a CRI client; [`oci_image`] writes the OCI image archives it imports.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
 //! - [`fake_kubelet`]: fake nodes and a watch-driven fake kubelet for controller tests.
@@ -19,9 +21,11 @@ pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cni;
+pub mod containerd;
 pub mod etcd;
 pub mod fake_kubelet;
 pub mod leaks;
+pub mod oci_image;
 pub mod prefix;
 pub mod prereq;
 pub mod topology;
@@ -50,6 +54,18 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
+    /// A CRI call answered with an error.
+    #[error("CRI {call} failed")]
+    Cri {
+        /// Which call (`RunPodSandbox`, ...).
+        call: &'static str,
+        /// The gRPC status, with the runtime's message (a CNI error, for instance).
+        #[source]
+        source: Box<tonic::Status>,
+    },
+    /// An OCI image archive could not be written.
+    #[error(transparent)]
+    OciImage(#[from] oci_image::OciImageError),
     /// The fixture could not be set up for another reason.
     #[error("{0}")]
     Setup(String),
