@@ -22,19 +22,7 @@ pub enum Backend {
 /// The `windlass` binary under test: `WINDLASS_BIN`, or `target/debug/windlass` (which
 /// `cargo xtask test` builds before the suite).
 pub fn windlass_bin() -> PathBuf {
-    let path = std::env::var_os("WINDLASS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/windlass")
-        });
-    if !path.is_file() {
-        panic!(
-            "the windlass binary ({}) is missing: run `cargo xtask test` (it builds the binaries) or \
-             `cargo build -p windlass`",
-            path.display()
-        );
-    }
-    path
+    crate::prereq::workspace_binary("windlass", "WINDLASS_BIN")
 }
 
 /// A running `windlass server`.

@@ -1,5 +1,7 @@
 //! A cgroup v2 subtree per test (`<v2 mount>/<prefix>`), for the socket hooks and pods a test
 //! runs. Dropping it kills what the test put inside and removes the directory.
+//! [`remove_everywhere`] removes a cgroup from every hierarchy (v1 controllers and v2), for
+//! fixtures whose runtimes create one per controller (runc with cgroupfs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,4 +78,95 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+/// Where every cgroup hierarchy is mounted (each v1 controller, `systemd`, and `unified` on
+/// hybrid hosts).
+const HIERARCHIES: &str = "/sys/fs/cgroup";
+
+/// Kills every process in the cgroup `relative` (such as `/wlt3fa9c`) of every hierarchy under
+/// `/sys/fs/cgroup`, then removes those directories, deepest first. runc with the cgroupfs
+/// driver creates a container's cgroup in each v1 hierarchy and in the v2 one, and `runc delete`
+/// leaves their parents behind. Waits up to 10 s for killed processes to leave.
+pub fn remove_everywhere(relative: &str) -> Result<(), HarnessError> {
+    let relative = relative.trim_start_matches('/');
+    if relative.is_empty() {
+        return Err(HarnessError::Setup(
+            "refusing to remove the root cgroup".into(),
+        ));
+    }
+    // Each v1 hierarchy and the hybrid v2 one are directories of /sys/fs/cgroup; on a unified
+    // host /sys/fs/cgroup itself is the v2 hierarchy.
+    let roots: Vec<PathBuf> = std::fs::read_dir(HIERARCHIES)
+        .map_err(io_err("list", HIERARCHIES))?
+        .filter_map(Result::ok)
+        .map(|h| h.path().join(relative))
+        .chain(std::iter::once(Path::new(HIERARCHIES).join(relative)))
+        .filter(|p| p.is_dir())
+        .collect();
+    for root in &roots {
+        // cgroup v2 kills a whole subtree at once (5.14+); v1 needs the pids, and a frozen v1
+        // cgroup must thaw before its processes can die.
+        let _ = std::fs::write(root.join("cgroup.kill"), "1");
+        for dir in deepest_first(root) {
+            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        for root in &roots {
+            for dir in deepest_first(root) {
+                for pid in procs(&dir) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => left.push(dir),
+                }
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let left: Vec<String> = left.iter().map(|d| d.display().to_string()).collect();
+            return Err(HarnessError::Setup(format!(
+                "could not remove cgroups {}",
+                left.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `root` and every directory below it, children before their parents.
+fn deepest_first(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let children: Vec<PathBuf> = std::fs::read_dir(&dirs[i])
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        dirs.extend(children);
+        i += 1;
+    }
+    dirs.reverse();
+    dirs
+}
+
+fn procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

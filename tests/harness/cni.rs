@@ -17,19 +17,7 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// The `windlass-cni` binary under test: `WINDLASS_CNI_BIN`, or `target/debug/windlass-cni`
 /// (which `cargo xtask test` builds before the suite).
 pub fn windlass_cni_bin() -> PathBuf {
-    let path = std::env::var_os("WINDLASS_CNI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/windlass-cni")
-        });
-    if !path.is_file() {
-        panic!(
-            "the windlass-cni binary ({}) is missing: run `cargo xtask test` (it builds the \
-             binaries) or `cargo build -p windlass-cni`",
-            path.display()
-        );
-    }
-    path
+    crate::prereq::workspace_binary("windlass-cni", "WINDLASS_CNI_BIN")
 }
 
 /// A reference plugin from Debian's containernetworking-plugins (`loopback`, `portmap`, ...),

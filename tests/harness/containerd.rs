@@ -51,8 +51,6 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// libcni's cache of ADD results (`<network>-<container id>-<ifname>`).
 const LIBCNI_RESULTS: &str = "/var/lib/cni/results";
-/// Where the cgroup hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Configures and starts a [`Containerd`].
 #[derive(Debug)]
@@ -893,82 +891,14 @@ fn shim_sockets(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Kills every process in `/<hierarchy>/<cgroup>` of every hierarchy, then removes those
-/// directories bottom-up.
+/// directories bottom-up; best effort, as drop needs it.
 fn remove_cgroup_tree(cgroup: &str) {
-    let relative = cgroup.trim_start_matches('/');
-    if relative.is_empty() {
+    if cgroup.trim_start_matches('/').is_empty() {
         return;
     }
-    // Each v1 hierarchy and the hybrid v2 one are directories of /sys/fs/cgroup; on a unified
-    // host /sys/fs/cgroup itself is the v2 hierarchy.
-    let roots: Vec<PathBuf> = std::fs::read_dir(CGROUP_ROOT)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|h| h.path().join(relative))
-        .chain(std::iter::once(Path::new(CGROUP_ROOT).join(relative)))
-        .filter(|p| p.is_dir())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for root in &roots {
-        // cgroup v2 kills the whole subtree at once (5.14+); v1 needs the pids, and a frozen v1
-        // cgroup must thaw before its processes can die.
-        let _ = std::fs::write(root.join("cgroup.kill"), "1");
-        for dir in subtree_deepest_first(root) {
-            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
-        }
+    if let Err(e) = crate::cgroup::remove_everywhere(cgroup) {
+        eprintln!("{e}");
     }
-    loop {
-        let mut busy = false;
-        for root in &roots {
-            for dir in subtree_deepest_first(root) {
-                for pid in cgroup_procs(&dir) {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                match std::fs::remove_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(_) => busy = true,
-                }
-            }
-        }
-        if !busy {
-            return;
-        }
-        if Instant::now() > deadline {
-            for root in roots.iter().filter(|r| r.exists()) {
-                eprintln!("could not remove cgroup {}", root.display());
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn subtree_deepest_first(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        let children: Vec<PathBuf> = std::fs::read_dir(&dirs[i])
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        dirs.extend(children);
-        i += 1;
-    }
-    dirs.reverse();
-    dirs
-}
-
-fn cgroup_procs(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 /// Lazily unmounts every mount point under `dir`, deepest first, until none is left.

@@ -7,6 +7,7 @@
 //! - [`cni`]: running CNI plugins as libcni and containerd do.
 //! - [`containerd`]: a private containerd (CRI plugin, runc) inside a node namespace, driven
 //!   through a CRI client; [`oci_image`] writes the OCI image archives it imports.
+//! - [`runc`]: busybox bundles and a private runc root whose containers and cgroups go on drop.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
 //! - [`fake_kubelet`]: fake nodes and a watch-driven fake kubelet for controller tests.
@@ -28,6 +29,7 @@ pub mod leaks;
 pub mod oci_image;
 pub mod prefix;
 pub mod prereq;
+pub mod runc;
 pub mod topology;
 pub mod traffic;
 pub mod wait;

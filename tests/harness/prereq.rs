@@ -76,3 +76,24 @@ pub fn kubectls() -> Vec<PathBuf> {
     }
     all
 }
+
+/// A binary of this workspace: the path in `env_var` when set, else `target/debug/<name>`
+/// (which `cargo xtask test` builds before the suite); a missing one fails with the command that
+/// builds it.
+pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/debug")
+                .join(name)
+        });
+    if !path.is_file() {
+        panic!(
+            "the {name} binary ({}) is missing: run `cargo xtask test` (it builds the binaries) \
+             or `cargo build --workspace --bins`",
+            path.display()
+        );
+    }
+    path
+}
