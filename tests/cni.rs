@@ -65,20 +65,11 @@ impl Net {
 
     /// Addresses the IPAM holds, with the owner (`<container id>/<ifname>`) each one names.
     fn allocated(&self) -> Vec<(Ipv4Addr, String)> {
-        let Ok(entries) = std::fs::read_dir(self.ipam_dir()) else {
-            return Vec::new();
-        };
-        let mut found: Vec<(Ipv4Addr, String)> = entries
-            .filter_map(|e| {
-                let e = e.ok()?;
-                let ip = e.file_name().to_str()?.parse().ok()?;
-                let owner = std::fs::read_link(e.path()).ok()?;
-                let owner = owner.to_str()?.to_string();
-                Some((ip, owner))
-            })
-            .collect();
-        found.sort();
-        found
+        windlass_cni::ipam::read_allocations(&self.ipam_dir())
+            .expect("read IPAM entries")
+            .into_iter()
+            .map(|a| (a.ip, format!("{}/{}", a.container_id, a.ifname)))
+            .collect()
     }
 
     fn call(&self, call: &Call, config: &Value) -> cni::Answer {
@@ -106,22 +97,13 @@ fn links(ns: &NetNs) -> Vec<String> {
 type Inside = (Vec<(Ipv4Addr, u8)>, Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)>);
 
 fn inside(ns: &NetNs, ifname: &str) -> Inside {
-    let ifname = ifname.to_string();
-    ns.run(|| {
-        netlink::block_on(|nl| async move {
-            let index = nl.link_index(&ifname).await?;
-            let addresses = nl.ipv4_addresses(index).await?;
-            let routes = nl
-                .ipv4_routes()
-                .await?
-                .into_iter()
-                .map(|(d, p, g, _)| (d, p, g))
-                .collect();
-            Ok::<_, netlink::NetlinkError>((addresses, routes))
-        })
-    })
-    .expect("enter pod namespace")
-    .expect("read pod network")
+    let view = cni::ipv4_view(ns, ifname).expect("read pod network");
+    let routes = view
+        .routes
+        .into_iter()
+        .map(|(d, p, g, _)| (d, p, g))
+        .collect();
+    (view.addresses, routes)
 }
 
 fn ip_of(result: &Value) -> Ipv4Addr {

@@ -19,45 +19,9 @@ const SUBNET: &str = "10.244.0.0/24";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const NETWORK: &str = "windlass";
 
-/// A link as seen inside a namespace.
-#[derive(Debug)]
-struct LinkView {
-    /// Its IPv4 addresses with prefix lengths.
-    addresses: Vec<(Ipv4Addr, u8)>,
-    /// The main table's default route: its gateway, and whether it leaves through this link.
-    default_route: Option<(Option<Ipv4Addr>, bool)>,
-}
-
-/// Reads `link` and the default route inside `ns` over rtnetlink.
-fn link_view(ns: &NetNs, link: &str) -> LinkView {
-    ns.run(|| {
-        netlink::block_on(|nl| async move {
-            let index = nl.link_index(link).await?;
-            let addresses = nl.ipv4_addresses(index).await?;
-            let default_route = nl
-                .ipv4_routes()
-                .await?
-                .into_iter()
-                .find(|(dst, len, _, _)| dst.is_unspecified() && *len == 0)
-                .map(|(_, _, gateway, oif)| (gateway, oif == Some(index)));
-            Ok::<_, netlink::NetlinkError>(LinkView {
-                addresses,
-                default_route,
-            })
-        })
-    })
-    .expect("enter namespace")
-    .unwrap_or_else(|e| panic!("read {link} in {}: {e}", ns.name()))
-}
-
-/// What an IPAM entry records: a symlink's target (`<id>/<ifname>`) or a plain file's contents
-/// (`<id>\n<ifname>\n`, as host-local writes them).
-fn ipam_owner(entry: &Path) -> std::io::Result<String> {
-    match std::fs::read_link(entry) {
-        Ok(target) => Ok(target.to_string_lossy().into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => std::fs::read_to_string(entry),
-        Err(e) => Err(e),
-    }
+/// Link `link`'s addresses and the routes inside `ns`.
+fn link_view(ns: &NetNs, link: &str) -> netlink::Ipv4View {
+    cni::ipv4_view(ns, link).unwrap_or_else(|e| panic!("read {link} in {}: {e}", ns.name()))
 }
 
 /// containerd in node 0 of `topo`, with `windlass-cni` as its only network (IPAM under `ipam`)
@@ -148,7 +112,7 @@ fn containerd_runs_a_pod_sandbox_on_windlass_cni() {
         eth0.addresses
     );
     assert_eq!(
-        eth0.default_route,
+        eth0.default_route(),
         Some((Some(GATEWAY), true)),
         "default route in the sandbox (gateway, via eth0)"
     );
@@ -180,8 +144,12 @@ fn containerd_runs_a_pod_sandbox_on_windlass_cni() {
 
     // IPAM: one entry per address under <dataDir>/<network>, naming the sandbox.
     let ip_file = ipam.path().join(NETWORK).join(ip.to_string());
-    let owner = ipam_owner(&ip_file)
-        .unwrap_or_else(|e| panic!("read IPAM entry {}: {e}", ip_file.display()));
+    let owner = windlass_cni::ipam::read_allocations(&ipam.path().join(NETWORK))
+        .expect("read IPAM entries")
+        .into_iter()
+        .find(|a| a.ip == ip)
+        .map(|a| format!("{}/{}", a.container_id, a.ifname))
+        .unwrap_or_else(|| panic!("no IPAM entry {}", ip_file.display()));
     assert!(
         owner.contains(&id),
         "{} holds {owner:?}, not sandbox {id}",

@@ -249,8 +249,13 @@ pub fn configure_container(
     let result = ns.run(|| {
         netlink::block_on(|nl| async move {
             nl.set_up("lo").await?;
-            let index = nl.link_index(ifname).await?;
-            nl.set_up_index(index, ifname).await?;
+            // One lookup: the index to bring it up by, and the MAC for the result (neither
+            // changes with addresses and routes).
+            let link = nl
+                .link(ifname)
+                .await?
+                .ok_or_else(|| NetlinkError::LinkNotFound(ifname.to_string()))?;
+            nl.set_up_index(link.header.index, ifname).await?;
             nl.add_address(ifname, address.into(), prefix).await?;
             for (destination, prefix_len, gw) in routes {
                 nl.add_route(&Route {
@@ -261,10 +266,7 @@ pub fn configure_container(
                 })
                 .await?;
             }
-            let link = nl.link(ifname).await?;
-            Ok::<_, NetlinkError>(ContainerSide {
-                mac: link.as_ref().and_then(mac_of),
-            })
+            Ok::<_, NetlinkError>(ContainerSide { mac: mac_of(&link) })
         })
     });
     match result {

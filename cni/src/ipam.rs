@@ -103,6 +103,55 @@ impl Subnet {
     }
 }
 
+/// One allocated address and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Allocation {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The container id that holds it.
+    pub container_id: String,
+    /// The interface name it is on.
+    pub ifname: String,
+}
+
+/// Every allocation recorded in a pool's data directory (`<dataDir>/<network>`), sorted by
+/// address; an absent directory holds none. Reads without the lock: a caller that must not race
+/// ADD or DEL takes it ([`Pool`] does).
+pub fn read_allocations(dir: &Path) -> Result<Vec<Allocation>, IpamError> {
+    let mut found = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(io_err("read", dir)(e)),
+    };
+    for entry in entries.flatten() {
+        let Some(ip) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let owner = match fs::read_link(&path) {
+            Ok(target) => target.to_string_lossy().into_owned(),
+            // Not a symlink: a plain file "id\nifname\n" as host-local writes them.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => fs::read_to_string(&path)
+                .map_err(io_err("read", &path))?
+                .replacen('\n', "/", 1),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let (id, ifname) = owner.trim().split_once('/').unwrap_or((owner.trim(), ""));
+        found.push(Allocation {
+            ip,
+            container_id: id.to_string(),
+            ifname: ifname.to_string(),
+        });
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Where and what to allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
@@ -180,33 +229,10 @@ impl Pool {
 
     /// Every allocation as (ip, container id, ifname).
     fn allocations(&self) -> Result<Vec<(Ipv4Addr, String, String)>, IpamError> {
-        let mut found = Vec::new();
-        let entries = match fs::read_dir(&self.data_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
-            Err(e) => return Err(io_err("read", &self.data_dir)(e)),
-        };
-        for entry in entries.flatten() {
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            let path = entry.path();
-            let owner = match fs::read_link(&path) {
-                Ok(target) => target.to_string_lossy().into_owned(),
-                // Not a symlink: a plain file "id\nifname\n" as host-local writes them.
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => fs::read_to_string(&path)
-                    .map_err(io_err("read", &path))?
-                    .replacen('\n', "/", 1),
-                Err(e) => return Err(io_err("read", &path)(e)),
-            };
-            let (id, ifname) = owner.trim().split_once('/').unwrap_or((owner.trim(), ""));
-            found.push((ip, id.to_string(), ifname.to_string()));
-        }
-        Ok(found)
+        Ok(read_allocations(&self.data_dir)?
+            .into_iter()
+            .map(|a| (a.ip, a.container_id, a.ifname))
+            .collect())
     }
 
     /// Reserves `ip` for `owner` unless it is taken; `Ok(false)` when it is.

@@ -80,6 +80,27 @@ pub struct Route {
     pub device: Option<String>,
 }
 
+/// A link's IPv4 state as a namespace sees it: what CNI CHECK and the tests verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4View {
+    /// The link's interface index.
+    pub index: u32,
+    /// Its IPv4 addresses with prefix lengths.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// Every IPv4 route of the main table, as [`Netlink::ipv4_routes`] lists them.
+    pub routes: Vec<(Ipv4Addr, u8, Option<Ipv4Addr>, Option<u32>)>,
+}
+
+impl Ipv4View {
+    /// The default route's gateway and whether it leaves through this link.
+    pub fn default_route(&self) -> Option<(Option<Ipv4Addr>, bool)> {
+        self.routes
+            .iter()
+            .find(|(dst, len, _, _)| dst.is_unspecified() && *len == 0)
+            .map(|(_, _, gateway, oif)| (*gateway, *oif == Some(self.index)))
+    }
+}
+
 /// An rtnetlink connection in the namespace of the thread that opened it.
 #[derive(Debug, Clone)]
 pub struct Netlink {
@@ -287,6 +308,16 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(request("list", "links"))
+    }
+
+    /// Link `name`'s addresses and the namespace's routes.
+    pub async fn ipv4_view(&self, name: &str) -> Result<Ipv4View, NetlinkError> {
+        let index = self.link_index(name).await?;
+        Ok(Ipv4View {
+            index,
+            addresses: self.ipv4_addresses(index).await?,
+            routes: self.ipv4_routes().await?,
+        })
     }
 
     /// IPv4 addresses on the link with index `index`, as (address, prefix length).

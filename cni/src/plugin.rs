@@ -36,8 +36,12 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     } else {
         Some(config::decode(stdin))
     };
-    let label = match &decoded {
-        Some(Ok(value)) => config::version_of(value).unwrap_or(Version::LATEST),
+    let version = match &decoded {
+        Some(Ok(value)) => Some(config::version_of(value)),
+        _ => None,
+    };
+    let label = match &version {
+        Some(Ok(version)) => *version,
         _ => Version::LATEST,
     };
     let fail = |e: CniError| Outcome {
@@ -57,10 +61,10 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             success: true,
         };
     }
-    let value = match decoded {
-        Some(Ok(value)) => value,
-        Some(Err(e)) => return fail(e),
-        None => {
+    let (value, version) = match (decoded, version) {
+        (Some(Ok(value)), Some(version)) => (value, version),
+        (Some(Err(e)), _) => return fail(e),
+        _ => {
             return fail(CniError::new(
                 CniError::DECODE,
                 "failed to decode the network configuration",
@@ -68,7 +72,7 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             ));
         }
     };
-    let conf = match config::version_of(&value).and_then(|v| NetConf::from_value(value, v)) {
+    let conf = match version.and_then(|v| NetConf::from_value(value, v)) {
         Ok(conf) => conf,
         Err(e) => return fail(e),
     };
@@ -315,16 +319,13 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     })?;
     let ifname = env.ifname.clone();
     let inside = ns
-        .run(|| {
-            netlink::block_on(|nl| async move {
-                let index = nl.link_index(&ifname).await?;
-                let addresses = nl.ipv4_addresses(index).await?;
-                let routes = nl.ipv4_routes().await?;
-                Ok((index, addresses, routes))
-            })
-        })
+        .run(|| netlink::block_on(|nl| async move { nl.ipv4_view(&ifname).await }))
         .map_err(|e| bridge::kernel("failed to enter the container's network namespace", &e))?;
-    let (index, addresses, routes) = inside.map_err(|e| match e {
+    let netlink::Ipv4View {
+        index,
+        addresses,
+        routes,
+    } = inside.map_err(|e| match e {
         netlink::NetlinkError::LinkNotFound(name) => {
             check_failed(format!("{name} is missing in the container"))
         }

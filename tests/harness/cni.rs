@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use serde_json::{Value, json};
+use windlass_cni::netlink::{self, Ipv4View};
 
 use crate::{HarnessError, NetNs, io_err};
 
@@ -195,6 +196,11 @@ pub fn invoke(
         json,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// Link `link`'s IPv4 addresses and the routes inside `ns`, read over rtnetlink.
+pub fn ipv4_view(ns: &NetNs, link: &str) -> Result<Ipv4View, HarnessError> {
+    Ok(ns.run(|| netlink::block_on(|nl| async move { nl.ipv4_view(link).await }))??)
 }
 
 /// The configuration libcni hands plugin `index` of `conflist`: the plugin's own object with the
