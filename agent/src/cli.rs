@@ -66,6 +66,93 @@ pub enum Command {
         #[arg(long, default_value = "10.244.0.0/16")]
         cluster_cidr: String,
     },
+    /// Run the node agent (the kubelet) against an API server.
+    Agent(AgentArgs),
     /// Print the version and the embedded eBPF objects.
     Version,
+    /// Manage the images of the `oci` runtime's store (`<data-dir>/images`).
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+/// The `windlass image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import the images of an OCI archive (a tar of an OCI image layout, as `ctr images export`
+    /// or `cargo xtask images` write).
+    Import {
+        /// The agent's data dir; images go to `<data-dir>/images`.
+        #[arg(long, default_value = "/var/lib/windlass")]
+        data_dir: PathBuf,
+        /// The OCI archive.
+        archive: PathBuf,
+    },
+    /// List the images in the store, like `crictl images`.
+    Ls {
+        /// The agent's data dir; images are in `<data-dir>/images`.
+        #[arg(long, default_value = "/var/lib/windlass")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `windlass agent` flags.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// A kubeconfig for the API server (an admin one, or a node's from the join step).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's InternalIP (default: the first global IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// State: images, sandboxes, containers, pod volumes, CNI allocations.
+    #[arg(long, default_value = "/var/lib/windlass")]
+    pub data_dir: PathBuf,
+    /// The cgroup the kubelet's `kubepods` tree goes under (`/` for the top).
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
+    /// Where container logs go.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// The container runtime.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Oci)]
+    pub runtime: RuntimeKind,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// runc's state root (default: `<data-dir>/runc`).
+    #[arg(long)]
+    pub runc_root: Option<PathBuf>,
+    /// The windlass-shim binary (default: next to this binary).
+    #[arg(long)]
+    pub shim: Option<PathBuf>,
+    /// The windlass-cni binary (default: next to this binary).
+    #[arg(long)]
+    pub cni_plugin: Option<PathBuf>,
+    /// Also write `10-windlass.conflist` here, for containerd's CRI plugin.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The pod bridge.
+    #[arg(long, default_value = "wl0")]
+    pub bridge: String,
+    /// CrashLoopBackOff's first delay in seconds (kubelet: 10).
+    #[arg(long, default_value_t = 10.0)]
+    pub backoff_base_seconds: f64,
+    /// pids.max of each pod cgroup (kubelet's --pod-max-pids); none by default.
+    #[arg(long)]
+    pub pod_max_pids: Option<i64>,
+}
+
+/// Which container runtime the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// runc under windlass-shim (the default).
+    Oci,
+    /// containerd over CRI (not built yet).
+    Cri,
 }

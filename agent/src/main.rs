@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        cli::Command::Agent(args) => run_agent(args)?,
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -101,8 +102,82 @@ fn main() -> anyhow::Result<()> {
                 windlass::ebpf::objects::TC_COUNTER.len()
             );
         }
+        cli::Command::Image { command } => {
+            use windlass::node::kubelet::images::{ImageStore, format_table};
+            match command {
+                cli::ImageCommand::Import { data_dir, archive } => {
+                    let store = ImageStore::open(&data_dir).with_context(|| {
+                        format!("cannot open the image store in {}", data_dir.display())
+                    })?;
+                    let imported = store
+                        .import(&archive)
+                        .with_context(|| format!("cannot import {}", archive.display()))?;
+                    for image in imported {
+                        println!("imported {} ({})", image.reference, image.id);
+                    }
+                }
+                cli::ImageCommand::Ls { data_dir } => {
+                    let store = ImageStore::open(&data_dir).with_context(|| {
+                        format!("cannot open the image store in {}", data_dir.display())
+                    })?;
+                    let images = store.list().context("cannot list images")?;
+                    print!("{}", format_table(&images));
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// `windlass agent`: the kubelet on this node.
+fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
+    if args.runtime == cli::RuntimeKind::Cri {
+        bail!("--runtime cri is not built yet; use --runtime oci (the default)");
+    }
+    let beside = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let exe = std::env::current_exe().context("cannot find this binary")?;
+        Ok(exe.with_file_name(name))
+    };
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => hostname::get()
+            .context("cannot read the host name; pass --node-name")?
+            .to_string_lossy()
+            .to_lowercase(),
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let options = windlass::node::kubelet::KubeletOptions {
+        node_name,
+        node_ip: args.node_ip,
+        runc_root: args.runc_root.unwrap_or_else(|| args.data_dir.join("runc")),
+        data_dir: args.data_dir,
+        cgroup_root: args.cgroup_root,
+        cgroup_mount: "/sys/fs/cgroup".into(),
+        pod_log_dir: args.pod_log_dir,
+        runc: args.runc,
+        shim: match args.shim {
+            Some(p) => p,
+            None => beside("windlass-shim")?,
+        },
+        cni_plugin: match args.cni_plugin {
+            Some(p) => p,
+            None => beside("windlass-cni")?,
+        },
+        cni_conf_dir: args.cni_conf_dir,
+        bridge: args.bridge,
+        backoff_base: std::time::Duration::from_secs_f64(args.backoff_base_seconds.max(0.0)),
+        pids_limit: args.pod_max_pids,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    runtime.block_on(async {
+        let client = windlass::control_plane::controllers::client_from_kubeconfig(&args.kubeconfig)
+            .await
+            .with_context(|| format!("cannot use {}", args.kubeconfig.display()))?;
+        windlass::node::kubelet::run(client, options, shutdown_signal())
+            .await
+            .context("windlass agent failed")
+    })
 }
 
 /// `10.244.0.0/16` -> (address, prefix length), for pod CIDR ranges of /24 or larger.

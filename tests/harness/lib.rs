@@ -18,6 +18,7 @@
 //!   needs is missing; nothing is skipped silently.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod deps;
+mod images;
 mod paths;
 mod test;
 
@@ -28,6 +29,12 @@ enum Command {
     },
     /// Compile the eBPF programs in ebpf/ (agent/build.rs does it as part of the agent build).
     BuildEbpf,
+    /// Write the test OCI archives into target/images/: `busybox.tar`
+    /// (`windlass.local/busybox:latest`, Debian's busybox-static with a symlink per applet, default
+    /// command `sh`) and `iperf3.tar` (`windlass.local/iperf3:latest`, the host's iperf3 with the
+    /// libraries `ldd` lists, entrypoint `iperf3`). Deterministic; unchanged archives are left
+    /// alone. Import one with `windlass image import <archive>`.
+    Images,
     /// Lint, build and run every unit and privileged test, then the leak check (needs root).
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
@@ -55,6 +62,7 @@ fn main() -> Result<()> {
         Command::Deps { check } => deps::run(check),
         Command::BuildEbpf => paths::cargo(&["build", "--package", "windlass"])
             .context("building the agent, whose build.rs compiles ebpf/*.bpf.c"),
+        Command::Images => images::run(),
         Command::Test { no_lint, args } => test::run(!no_lint, &args),
         Command::Bench { name } => bench::run(&name),
         Command::Up { data_dir } => {

@@ -1,0 +1,4 @@
+//! The node side of Windlass (`windlass agent`): the kubelet, and later the node network and the
+//! eBPF service proxy. It speaks only the Kubernetes API to the control plane.
+
+pub mod kubelet;
