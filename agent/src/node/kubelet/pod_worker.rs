@@ -590,14 +590,25 @@ impl Worker {
                 return;
             }
         };
+        if let Err((reason, message)) = self.ensure_image(&spec).await {
+            let track = &mut self.tracks[i];
+            // The first failure shows ErrImagePull, later ones ImagePullBackOff, as kubelet does.
+            let reason = match &track.waiting {
+                Some((previous, _)) if previous == &reason && reason == "ErrImagePull" => {
+                    "ImagePullBackOff".to_string()
+                }
+                _ => reason,
+            };
+            track.waiting = Some((reason, message));
+            self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+            return;
+        }
         let id = match self.ctx.runtime.create_container(&sandbox, &config).await {
             Ok(id) => id,
             Err(RuntimeError::ImageNotFound(image)) => {
                 self.tracks[i].waiting = Some((
                     "ErrImagePull".into(),
-                    format!(
-                        "image {image:?} is not present on the node; import it with `windlass image import` (no registry is configured)"
-                    ),
+                    format!("image {image:?} is not present on the node"),
                 ));
                 self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 return;
@@ -635,6 +646,54 @@ impl Worker {
                 track.next_start = Some(Instant::now() + delay.max(Duration::from_secs(1)));
             }
         }
+    }
+
+    /// Applies the container's imagePullPolicy; `Err((reason, message))` for the waiting state.
+    async fn ensure_image(&self, spec: &Container) -> Result<(), (String, String)> {
+        let image = spec.image.clone().unwrap_or_default();
+        let policy = pull_policy(&image, spec.image_pull_policy.as_deref());
+        let present = self
+            .ctx
+            .runtime
+            .image_status(&image)
+            .await
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?
+            .is_some();
+        let must_pull = match policy {
+            PullPolicy::Never if !present => {
+                return Err((
+                    "ErrImageNeverPull".into(),
+                    format!(
+                        "Container image \"{image}\" is not present with pull policy of Never"
+                    ),
+                ));
+            }
+            PullPolicy::Never => false,
+            PullPolicy::IfNotPresent => !present,
+            PullPolicy::Always => true,
+        };
+        if !must_pull {
+            return Ok(());
+        }
+        if is_node_local(&image) {
+            return if present {
+                Ok(())
+            } else {
+                Err((
+                    "ErrImagePull".into(),
+                    format!(
+                        "image {image:?} is not present on the node; {LOCAL_REGISTRY} images are never pulled: import it with `windlass image import`"
+                    ),
+                ))
+            };
+        }
+        tracing::info!(pod = %self.name, container = %spec.name, image = %image, "pulling image");
+        self.ctx
+            .runtime
+            .pull_image(&image)
+            .await
+            .map(|_| ())
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))
     }
 
     fn target(&self, i: usize) -> Option<Target> {
@@ -1009,6 +1068,42 @@ impl Worker {
     }
 }
 
+/// Images under this registry name live only in the node's store (built and imported by
+/// `cargo xtask images`): there is no registry to pull them from, whatever the pull policy.
+pub const LOCAL_REGISTRY: &str = "windlass.local";
+
+fn is_node_local(image: &str) -> bool {
+    image.starts_with(&format!("{LOCAL_REGISTRY}/"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The effective imagePullPolicy: the spec's, else Always for `:latest` or no tag (and no
+/// digest), IfNotPresent otherwise, as the API server defaults it.
+fn pull_policy(image: &str, policy: Option<&str>) -> PullPolicy {
+    match policy {
+        Some("Always") => PullPolicy::Always,
+        Some("Never") => PullPolicy::Never,
+        Some("IfNotPresent") => PullPolicy::IfNotPresent,
+        _ => {
+            let name = image.rsplit('/').next().unwrap_or(image);
+            if image.contains('@') {
+                PullPolicy::IfNotPresent
+            } else {
+                match name.rsplit_once(':') {
+                    Some((_, "latest")) | None => PullPolicy::Always,
+                    Some(_) => PullPolicy::IfNotPresent,
+                }
+            }
+        }
+    }
+}
+
 fn view_state(c: &ContainerStatus) -> ViewState {
     match &c.state {
         ContainerState::Created => ViewState::Waiting,
@@ -1056,5 +1151,37 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_defaults_like_the_api_server() {
+        assert_eq!(pull_policy("busybox", None), PullPolicy::Always);
+        assert_eq!(pull_policy("busybox:latest", None), PullPolicy::Always);
+        assert_eq!(pull_policy("busybox:1.36", None), PullPolicy::IfNotPresent);
+        assert_eq!(
+            pull_policy("registry:5000/busybox", None),
+            PullPolicy::Always
+        );
+        assert_eq!(
+            pull_policy("busybox@sha256:abcd", None),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!(pull_policy("busybox", Some("Never")), PullPolicy::Never);
+        assert!(is_node_local("windlass.local/busybox:latest"));
+        assert!(!is_node_local("docker.io/library/busybox"));
+    }
+
+    #[test]
+    fn run_time_between_timestamps() {
+        assert_eq!(
+            duration_between("2026-12-01T00:00:00Z", "2026-12-01T00:10:00Z"),
+            Duration::from_secs(600)
+        );
+        assert_eq!(duration_between("bad", "2026-12-01T00:10:00Z"), Duration::ZERO);
     }
 }

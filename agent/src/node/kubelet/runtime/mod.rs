@@ -20,6 +20,14 @@ pub enum RuntimeError {
     /// The image is not in the image store (kubelet reports ErrImagePull / ErrImageNeverPull).
     #[error("image {0:?} not found")]
     ImageNotFound(String),
+    /// The image could not be pulled (ErrImagePull).
+    #[error("failed to pull image {reference:?}: {message}")]
+    Pull {
+        /// The reference.
+        reference: String,
+        /// Why.
+        message: String,
+    },
     /// The image store failed.
     #[error(transparent)]
     Image(#[from] crate::node::kubelet::images::ImageError),
@@ -278,6 +286,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     ) -> Result<ExecResult, RuntimeError>;
     /// Exit events for containers.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
+    /// The image's id (`sha256:<config digest>`) when the node has it.
+    async fn image_status(&self, reference: &str) -> Result<Option<String>, RuntimeError>;
+    /// Pulls the image from its registry; returns its id.
+    async fn pull_image(&self, reference: &str) -> Result<String, RuntimeError>;
 }
 
 pub(crate) fn io_err(

@@ -746,6 +746,21 @@ impl Runtime for OciRuntime {
     fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }
+
+    async fn image_status(&self, reference: &str) -> Result<Option<String>, RuntimeError> {
+        match self.images.resolve(reference) {
+            Ok(image) => Ok(Some(image.id)),
+            Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pull_image(&self, reference: &str) -> Result<String, RuntimeError> {
+        Err(RuntimeError::Pull {
+            reference: reference.to_string(),
+            message: "pulling from a registry is not built yet; import the image with `windlass image import`".into(),
+        })
+    }
 }
 
 struct ExitNotifier {
