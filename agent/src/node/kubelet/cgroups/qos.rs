@@ -1,14 +1,17 @@
 //! Kubelet's QoS math, without touching a cgroup: the pod's QoS class
 //! (`pkg/apis/core/v1/helper/qos`), the per-container CPU, memory and OOM settings
 //! (`pkg/kubelet/kuberuntime/kuberuntime_container_linux.go`, `pkg/kubelet/qos/policy.go`), the
-//! pod-level cgroup settings (`pkg/kubelet/cm/helpers_linux.go` `ResourceConfigForPod`), and a
-//! parser for resource quantities such as `100m`, `1.5Gi` or `129e6`.
+//! pod-level cgroup settings (`pkg/kubelet/cm/helpers_linux.go` `ResourceConfigForPod`). Quantities
+//! are read with [`crate::node::kubelet::quantity`].
 //!
 //! Only container-level resources are read; pod-level `spec.resources` (the PodLevelResources
 //! feature) is not supported yet.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::node::kubelet::quantity::Quantity as Parsed;
+pub use crate::node::kubelet::quantity::QuantityError;
 
 /// The smallest `cpu.shares` the kernel accepts and kubelet writes (`MinShares`).
 pub const MIN_SHARES: u64 = 2;
@@ -24,16 +27,6 @@ pub const MIN_QUOTA: i64 = 1_000;
 pub const GUARANTEED_OOM_SCORE_ADJ: i32 = -997;
 /// `oom_score_adj` of BestEffort containers.
 pub const BEST_EFFORT_OOM_SCORE_ADJ: i32 = 1000;
-
-/// A resource quantity that could not be parsed or does not fit in 64 bits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid quantity {value:?}: {reason}")]
-pub struct QuantityError {
-    /// The text as written in the pod.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
 
 /// A pod's quality-of-service class, as kubelet computes it and reports in `status.qosClass`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -450,166 +443,24 @@ impl ContainerValues {
     }
 }
 
-/// A parsed quantity: `negative`, `mantissa * 10^exp10`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Parsed {
-    negative: bool,
-    mantissa: u128,
-    exp10: i32,
-}
-
-/// Parses a Kubernetes quantity (`<sign><digits>[.<digits>]<suffix>`, where the suffix is a
-/// binary SI one `Ki Mi Gi Ti Pi Ei`, a decimal SI one `n u m "" k M G T P E`, or an exponent
-/// `e<n>` / `E<n>`).
-fn parse(text: &str) -> Result<Parsed, QuantityError> {
-    let err = |reason| QuantityError {
-        value: text.to_string(),
-        reason,
-    };
-    let s = text;
-    if s.is_empty() {
-        return Err(err("empty"));
-    }
-    let (negative, s) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let number_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_end);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() {
-        return Err(err("no digits"));
-    }
-    if fraction.contains('.') {
-        return Err(err("more than one decimal point"));
-    }
-    let fraction = fraction.trim_end_matches('0');
-    let digits = format!("{}{}", whole.trim_start_matches('0'), fraction);
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 36 {
-        return Err(err("too many digits"));
-    }
-    let mut mantissa: u128 = 0;
-    for d in digits.bytes() {
-        mantissa = mantissa * 10 + u128::from(d - b'0');
-    }
-    let mut exp10 = -(fraction.len() as i32);
-    let binary_power = match suffix {
-        "" => 0,
-        "n" => {
-            exp10 -= 9;
-            0
-        }
-        "u" => {
-            exp10 -= 6;
-            0
-        }
-        "m" => {
-            exp10 -= 3;
-            0
-        }
-        "k" => {
-            exp10 += 3;
-            0
-        }
-        "M" => {
-            exp10 += 6;
-            0
-        }
-        "G" => {
-            exp10 += 9;
-            0
-        }
-        "T" => {
-            exp10 += 12;
-            0
-        }
-        "P" => {
-            exp10 += 15;
-            0
-        }
-        "E" => {
-            exp10 += 18;
-            0
-        }
-        "Ki" => 10,
-        "Mi" => 20,
-        "Gi" => 30,
-        "Ti" => 40,
-        "Pi" => 50,
-        "Ei" => 60,
-        other => {
-            let exponent = other
-                .strip_prefix('e')
-                .or_else(|| other.strip_prefix('E'))
-                .ok_or_else(|| err("unknown suffix"))?;
-            let unsigned = exponent
-                .strip_prefix('+')
-                .or_else(|| exponent.strip_prefix('-'))
-                .unwrap_or(exponent);
-            if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err("bad exponent"));
-            }
-            let exponent: i32 = exponent.parse().map_err(|_| err("exponent out of range"))?;
-            if !(-60..=60).contains(&exponent) {
-                return Err(err("exponent out of range"));
-            }
-            exp10 += exponent;
-            0
-        }
-    };
-    if binary_power > 0 {
-        mantissa = mantissa
-            .checked_mul(1u128 << binary_power)
-            .ok_or_else(|| err("out of range"))?;
-    }
-    Ok(Parsed {
-        negative,
-        mantissa,
-        exp10,
-    })
-}
-
-/// The quantity times `10^-scale`, rounded away from zero as Kubernetes' `ScaledValue` does.
-fn scaled(text: &str, scale: i32) -> Result<i64, QuantityError> {
-    let err = |reason| QuantityError {
-        value: text.to_string(),
-        reason,
-    };
-    let p = parse(text)?;
-    let shift = p.exp10 - scale;
-    let magnitude = if p.mantissa == 0 {
-        0
-    } else if shift >= 0 {
-        let factor = 10u128
-            .checked_pow(shift.unsigned_abs())
-            .ok_or_else(|| err("out of range"))?;
-        p.mantissa
-            .checked_mul(factor)
-            .ok_or_else(|| err("out of range"))?
-    } else if shift < -38 {
-        1
-    } else {
-        let divisor = 10u128.pow(shift.unsigned_abs());
-        p.mantissa.div_ceil(divisor)
-    };
-    let magnitude = i64::try_from(magnitude).map_err(|_| err("out of range"))?;
-    Ok(if p.negative { -magnitude } else { magnitude })
-}
-
 /// The quantity `text` in thousandths, rounded up (`Quantity.MilliValue`): CPU in millicores,
 /// so `"100m"` → 100, `"0.5"` → 500, `"2"` → 2000.
 pub fn milli_value(text: &str) -> Result<i64, QuantityError> {
-    scaled(text, -3)
+    let q = Parsed::parse(text)?;
+    i64::try_from(q.milli_value()).map_err(|_| QuantityError {
+        value: text.to_string(),
+        reason: "out of range",
+    })
 }
 
 /// The quantity `text` in units, rounded up (`Quantity.Value`): memory in bytes, so `"64Mi"` →
 /// 67108864, `"1G"` → 1000000000, `"129e6"` → 129000000.
 pub fn value(text: &str) -> Result<i64, QuantityError> {
-    scaled(text, 0)
+    let q = Parsed::parse(text)?;
+    i64::try_from(q.value()).map_err(|_| QuantityError {
+        value: text.to_string(),
+        reason: "out of range",
+    })
 }
 
 #[cfg(test)]
@@ -692,7 +543,10 @@ mod tests {
         ] {
             assert_eq!(value(text), Ok(bytes), "{text}");
         }
-        assert_eq!(value("-1Ki"), Ok(-1024));
+        assert!(
+            value("-1Ki").is_err(),
+            "requests and limits are never negative"
+        );
         assert_eq!(value("7Ei"), Ok(7 << 60));
     }
 
