@@ -1,23 +1,41 @@
 //! The kubelet end to end: `windlass server` plus one `windlass agent` inside a node namespace
-//! (its own data dir, cgroup subtree and pod log dir), real runc under windlass-shim, real
-//! windlass-cni, pods created with the real kubectl and checked the way a user would.
+//! (its own data dir, cgroup subtree and pod log dir), real windlass-cni, pods created with the
+//! real kubectl and checked the way a user would.
+//!
+//! Every scenario runs on both runtimes: `<scenario>_oci` (runc under windlass-shim) and
+//! `<scenario>_cri` (a private containerd 1.6 in the node namespace, driven over its CRI socket,
+//! running windlass-cni from the conflist the agent writes into its conf dir). Only what differs
+//! per runtime is adapted: where a container's pid comes from and what holds the sandboxes.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use windlass_tests::agent::TestAgent;
+use windlass_tests::agent::{AgentOptions, TestAgent};
 use windlass_tests::apiserver::{Backend, TestServer};
+use windlass_tests::containerd::Containerd;
 use windlass_tests::oci_image::{self, Image};
 use windlass_tests::topology::Topology;
 use windlass_tests::wait::eventually;
-use windlass_tests::{prefix, prereq};
+use windlass_tests::{cni, prefix, prereq};
 
 const PATIENCE: Duration = Duration::from_secs(60);
+const BUSYBOX: &str = "windlass.local/busybox:latest";
+
+/// Which runtime the agent runs pods with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// `--runtime oci`: runc under windlass-shim.
+    Oci,
+    /// `--runtime cri`: the harness's private containerd.
+    Cri,
+}
 
 struct Cluster {
-    // Drop order: agent (and its pods) first, then the topology, then the server.
+    // Drop order: agent (and its pods) first, then containerd (cri), then the topology, then
+    // the server.
     agent: TestAgent,
+    containerd: Option<Containerd>,
     topology: Topology,
     server: TestServer,
     kubectl: PathBuf,
@@ -25,13 +43,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(backoff_seconds: f64) -> Cluster {
+    fn start(runtime: Runtime, backoff_seconds: f64) -> Cluster {
         prereq::require_root();
         let server = TestServer::start(Backend::Sqlite).expect("start windlass server");
         let topology = Topology::builder().nodes(1).build().expect("topology");
-        let agent =
-            TestAgent::start(&server, topology.node(0), backoff_seconds).expect("start agent");
-        let kubectl = prereq::kubectls().remove(0);
         let images = tempfile::Builder::new()
             .prefix(&format!("{}-images", prefix::unique()))
             .tempdir()
@@ -42,29 +57,81 @@ impl Cluster {
             "env", "head", "dd", "tail", "kill",
         ];
         let archive = images.path().join("busybox.tar");
-        Image::from_reference("windlass.local/busybox:latest")
+        Image::from_reference(BUSYBOX)
             .expect("reference")
             .entries(oci_image::busybox_rootfs(&busybox, &applets))
             .cmd(&["sh"])
             .write_archive(&archive)
             .expect("write the busybox archive");
-        agent.import_image(&archive).expect("import busybox");
+        let (agent, containerd) = match runtime {
+            Runtime::Oci => {
+                let agent = TestAgent::start(&server, topology.node(0), backoff_seconds)
+                    .expect("start agent");
+                agent.import_image(&archive).expect("import busybox");
+                (agent, None)
+            }
+            Runtime::Cri => {
+                // containerd runs windlass-cni from its bin dir, configured by the conflist the
+                // agent writes into containerd's conf dir.
+                let containerd = Containerd::builder(&topology.node(0).ns, topology.prefix())
+                    .cni_plugin(cni::windlass_cni_bin())
+                    .start()
+                    .expect("start containerd in the node namespace");
+                let pause = oci_image::pause_image(&busybox).expect("pause image");
+                containerd.import(&pause).expect("import the pause image");
+                containerd
+                    .import_archive(&archive, BUSYBOX)
+                    .expect("import busybox into containerd");
+                eventually("containerd's CRI plugin to see busybox", PATIENCE, || {
+                    containerd.image_status(BUSYBOX).ok().flatten().map(|_| ())
+                });
+                let options = AgentOptions {
+                    backoff_base_seconds: backoff_seconds,
+                    extra_args: vec![
+                        "--runtime".into(),
+                        "cri".into(),
+                        "--container-runtime-endpoint".into(),
+                        format!("unix://{}", containerd.socket().display()),
+                        "--cni-conf-dir".into(),
+                        containerd.cni_conf_dir().display().to_string(),
+                    ],
+                    ..Default::default()
+                };
+                let agent =
+                    TestAgent::start_with(&server, topology.node(0), options).expect("start agent");
+                (agent, Some(containerd))
+            }
+        };
+        let kubectl = prereq::kubectls().remove(0);
         let cluster = Cluster {
             agent,
+            containerd,
             topology,
             server,
             kubectl,
             images,
         };
         let node = cluster.agent.node_name().to_string();
-        eventually("the node to be Ready", PATIENCE, || {
+        let node = eventually("the node to be Ready", PATIENCE, || {
             let node = cluster.get("node", &node, None)?;
             let ready = node["status"]["conditions"]
                 .as_array()?
                 .iter()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            ready.then_some(())
+            ready.then_some(node)
         });
+        // The node says which runtime runs its pods.
+        let version = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let expected = match runtime {
+            Runtime::Oci => "runc://",
+            Runtime::Cri => "containerd://1.",
+        };
+        assert!(
+            version.starts_with(expected),
+            "containerRuntimeVersion {version:?}"
+        );
         cluster
     }
 
@@ -129,16 +196,78 @@ fn container_id(status: &Value) -> String {
         .to_string()
 }
 
-fn container_pid(agent: &TestAgent, id: &str) -> u32 {
-    let path = agent
-        .data_dir()
-        .join("containers")
-        .join(id)
-        .join("state/container.pid");
-    std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {}", path.display()))
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // cri: with the agent stopped, containerd stops and removes the pods' sandboxes (CNI DEL
+        // releases their IPs in the agent's IPAM dir) while the agent's data dir still exists;
+        // dropped later, containerd's DEL would re-create that dir after the agent's fixture
+        // removed it. The fields then drop in their order: agent, containerd, topology, server.
+        let Some(containerd) = &self.containerd else {
+            return;
+        };
+        self.agent.kill9();
+        match containerd.list_pod_sandboxes() {
+            Ok(ids) => {
+                for id in ids {
+                    if let Err(e) = containerd.stop_pod_sandbox(&id) {
+                        eprintln!("cleanup: stop sandbox {id}: {e}");
+                    }
+                    if let Err(e) = containerd.remove_pod_sandbox(&id) {
+                        eprintln!("cleanup: remove sandbox {id}: {e}");
+                    }
+                }
+            }
+            Err(e) => eprintln!("cleanup: list sandboxes: {e}"),
+        }
+    }
+}
+
+impl Cluster {
+    /// The host pid of a running container's init: from the shim's state file (oci) or from
+    /// containerd's verbose `ContainerStatus` (cri).
+    fn container_pid(&self, id: &str) -> u32 {
+        let Some(containerd) = &self.containerd else {
+            let path = self
+                .agent
+                .data_dir()
+                .join("containers")
+                .join(id)
+                .join("state/container.pid");
+            return std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {}", path.display()));
+        };
+        let mut client = containerd.runtime_client();
+        let request = k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: true,
+        };
+        let response = containerd
+            .block_on(client.container_status(request))
+            .unwrap_or_else(|e| panic!("CRI ContainerStatus {id}: {e}"))
+            .into_inner();
+        response
+            .info
+            .get("info")
+            .and_then(|info| serde_json::from_str::<Value>(info).ok())
+            .and_then(|info| info["pid"].as_u64())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0)
+            .unwrap_or_else(|| panic!("no pid in the CRI status of {id}: {response:?}"))
+    }
+
+    /// Sandboxes the runtime still holds: sandbox state dirs (oci) or containerd's list (cri).
+    fn sandboxes_left(&self) -> Vec<String> {
+        match &self.containerd {
+            Some(containerd) => containerd.list_pod_sandboxes().expect("CRI ListPodSandbox"),
+            None => std::fs::read_dir(self.agent.data_dir().join("sandboxes"))
+                .expect("sandboxes dir")
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        }
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -201,8 +330,17 @@ spec:
 "#;
 
 #[test]
-fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly() {
-    let cluster = Cluster::start(10.0);
+fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly_oci() {
+    pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly(Runtime::Oci);
+}
+
+#[test]
+fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly_cri() {
+    pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly(Runtime::Cri);
+}
+
+fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly(runtime: Runtime) {
+    let cluster = Cluster::start(runtime, 10.0);
     let host_dir = tempfile::Builder::new()
         .prefix(&format!("{}-host", prefix::unique()))
         .tempdir()
@@ -265,7 +403,7 @@ fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly() {
     assert!(log.contains("stdout F token=s3cret-value pod=app"), "{log}");
 
     // The pod's cgroup carries the memory limit, under the agent's own root.
-    let pid = container_pid(&cluster.agent, &container_id(main));
+    let pid = cluster.container_pid(&container_id(main));
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let memory_line = cgroup
         .lines()
@@ -311,9 +449,7 @@ fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let left: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&data)).collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
-    let sandboxes: Vec<_> = std::fs::read_dir(cluster.agent.data_dir().join("sandboxes"))
-        .expect("sandboxes dir")
-        .collect();
+    let sandboxes = cluster.sandboxes_left();
     assert!(sandboxes.is_empty(), "sandboxes left: {sandboxes:?}");
     let ipam = cluster.agent.data_dir().join("cni/windlass");
     let ips: Vec<String> = std::fs::read_dir(&ipam)
@@ -332,8 +468,17 @@ fn pod_with_init_configmap_secret_and_probes_runs_ready_then_deletes_cleanly() {
 }
 
 #[test]
-fn liveness_failure_restarts_and_a_crashing_container_backs_off() {
-    let cluster = Cluster::start(1.0);
+fn liveness_failure_restarts_and_a_crashing_container_backs_off_oci() {
+    liveness_failure_restarts_and_a_crashing_container_backs_off(Runtime::Oci);
+}
+
+#[test]
+fn liveness_failure_restarts_and_a_crashing_container_backs_off_cri() {
+    liveness_failure_restarts_and_a_crashing_container_backs_off(Runtime::Cri);
+}
+
+fn liveness_failure_restarts_and_a_crashing_container_backs_off(runtime: Runtime) {
+    let cluster = Cluster::start(runtime, 1.0);
     cluster.create(
         r#"
 apiVersion: v1
@@ -390,8 +535,17 @@ spec:
 }
 
 #[test]
-fn a_container_over_its_memory_limit_is_oom_killed() {
-    let cluster = Cluster::start(10.0);
+fn a_container_over_its_memory_limit_is_oom_killed_oci() {
+    a_container_over_its_memory_limit_is_oom_killed(Runtime::Oci);
+}
+
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed_cri() {
+    a_container_over_its_memory_limit_is_oom_killed(Runtime::Cri);
+}
+
+fn a_container_over_its_memory_limit_is_oom_killed(runtime: Runtime) {
+    let cluster = Cluster::start(runtime, 10.0);
     cluster.create(
         r#"
 apiVersion: v1
@@ -420,8 +574,17 @@ spec:
 }
 
 #[test]
-fn a_killed_agent_readopts_running_pods_without_restarting_them() {
-    let mut cluster = Cluster::start(10.0);
+fn a_killed_agent_readopts_running_pods_without_restarting_them_oci() {
+    a_killed_agent_readopts_running_pods_without_restarting_them(Runtime::Oci);
+}
+
+#[test]
+fn a_killed_agent_readopts_running_pods_without_restarting_them_cri() {
+    a_killed_agent_readopts_running_pods_without_restarting_them(Runtime::Cri);
+}
+
+fn a_killed_agent_readopts_running_pods_without_restarting_them(runtime: Runtime) {
+    let mut cluster = Cluster::start(runtime, 10.0);
     cluster.create(
         r#"
 apiVersion: v1
@@ -439,7 +602,7 @@ spec:
     });
     let before = container(&pod, "main").clone();
     let id = container_id(&before);
-    let pid = container_pid(&cluster.agent, &id);
+    let pid = cluster.container_pid(&id);
 
     cluster.agent.kill9();
     assert!(alive(pid), "the container died with the agent");
@@ -464,7 +627,7 @@ spec:
     assert_eq!(after["ready"], true);
     assert_eq!(pod["status"]["phase"], "Running");
     assert!(alive(pid));
-    assert_eq!(container_pid(&cluster.agent, &id), pid);
+    assert_eq!(cluster.container_pid(&id), pid);
 
     // And it still manages the pod: deleting it works after the restart.
     cluster.server.kubectl_ok(

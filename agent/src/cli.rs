@@ -67,7 +67,8 @@ pub enum Command {
         cluster_cidr: String,
     },
     /// Run the node agent (the kubelet) against an API server.
-    Agent(AgentArgs),
+    // Boxed: its flags make it far larger than the other variants (clippy::large_enum_variant).
+    Agent(Box<AgentArgs>),
     /// Print the version and the embedded eBPF objects.
     Version,
     /// Manage the images of the `oci` runtime's store (`<data-dir>/images`).
@@ -90,6 +91,20 @@ pub enum ImageCommand {
         /// The OCI archive.
         archive: PathBuf,
     },
+    /// Pull an image from its registry into the store (anonymously; HTTPS, or plain HTTP for
+    /// localhost, loopback addresses and --insecure-registry).
+    Pull {
+        /// The agent's data dir; images go to `<data-dir>/images`.
+        #[arg(long, default_value = "/var/lib/windlass")]
+        data_dir: PathBuf,
+        /// A registry (`host` or `host:port`) that may be reached over plain HTTP; repeatable.
+        /// The agent reads the same list from WINDLASS_INSECURE_REGISTRIES (comma-separated).
+        #[arg(long = "insecure-registry", value_name = "REGISTRY")]
+        insecure_registries: Vec<String>,
+        /// The image reference, e.g. `docker.io/library/busybox:1.36` or
+        /// `localhost:5000/test/busybox:1.0`.
+        reference: String,
+    },
     /// List the images in the store, like `crictl images`.
     Ls {
         /// The agent's data dir; images are in `<data-dir>/images`.
@@ -102,8 +117,14 @@ pub enum ImageCommand {
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// A kubeconfig for the API server (an admin one, or a node's from the join step).
-    #[arg(long)]
-    pub kubeconfig: PathBuf,
+    #[arg(long, required_unless_present = "server", conflicts_with_all = ["server", "token"])]
+    pub kubeconfig: Option<PathBuf>,
+    /// Join the cluster at this API server URL (with --token) instead of using a kubeconfig.
+    #[arg(long, requires = "token")]
+    pub server: Option<String>,
+    /// The join token from the server's `<data-dir>/node-token` (`K10<CA hash>::<secret>`).
+    #[arg(long, env = "WINDLASS_TOKEN", requires = "server")]
+    pub token: Option<String>,
     /// The Node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -122,6 +143,9 @@ pub struct AgentArgs {
     /// The container runtime.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Oci)]
     pub runtime: RuntimeKind,
+    /// The CRI socket of `--runtime cri` (a path or `unix://<path>`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub container_runtime_endpoint: PathBuf,
     /// The runc binary.
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -134,7 +158,8 @@ pub struct AgentArgs {
     /// The windlass-cni binary (default: next to this binary).
     #[arg(long)]
     pub cni_plugin: Option<PathBuf>,
-    /// Also write `10-windlass.conflist` here, for containerd's CRI plugin.
+    /// Also write `10-windlass.conflist` here, for containerd's CRI plugin (default with
+    /// `--runtime cri`: `/etc/cni/net.d`).
     #[arg(long)]
     pub cni_conf_dir: Option<PathBuf>,
     /// The pod bridge.
@@ -146,6 +171,14 @@ pub struct AgentArgs {
     /// pids.max of each pod cgroup (kubelet's --pod-max-pids); none by default.
     #[arg(long)]
     pub pod_max_pids: Option<i64>,
+    /// Static pod manifests (YAML or JSON, one pod per file), run with or without an API server
+    /// and shown there as mirror pods.
+    #[arg(long)]
+    pub manifest_dir: Option<PathBuf>,
+    /// The kubelet HTTPS server's port (/healthz, /pods, /containerLogs) on the node IP; 0
+    /// turns the server off.
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
 }
 
 /// Which container runtime the agent uses.
@@ -153,6 +186,6 @@ pub struct AgentArgs {
 pub enum RuntimeKind {
     /// runc under windlass-shim (the default).
     Oci,
-    /// containerd over CRI (not built yet).
+    /// containerd over its CRI socket (`--container-runtime-endpoint`).
     Cri,
 }

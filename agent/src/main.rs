@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match cli::Cli::parse().command {
@@ -62,9 +63,11 @@ fn main() -> anyhow::Result<()> {
                     |running| {
                         tracing::info!(addr = %running.addr, kubeconfig = %running.kubeconfig.display(), "API server ready");
                         println!(
-                            "windlass server listening on https://{}\nexport KUBECONFIG={}; kubectl get namespaces",
+                            "windlass server listening on https://{}\nexport KUBECONFIG={}; kubectl get namespaces\njoin a node: windlass agent --server https://{} --token $(cat {})",
                             running.addr,
-                            running.kubeconfig.display()
+                            running.kubeconfig.display(),
+                            running.addr,
+                            running.node_token.display()
                         );
                     },
                     shutdown_signal(),
@@ -94,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        cli::Command::Agent(args) => run_agent(args)?,
+        cli::Command::Agent(args) => run_agent(*args)?,
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -116,6 +119,23 @@ fn main() -> anyhow::Result<()> {
                         println!("imported {} ({})", image.reference, image.id);
                     }
                 }
+                cli::ImageCommand::Pull {
+                    data_dir,
+                    insecure_registries,
+                    reference,
+                } => {
+                    let store = ImageStore::open(&data_dir)
+                        .with_context(|| {
+                            format!("cannot open the image store in {}", data_dir.display())
+                        })?
+                        .with_insecure_registries(insecure_registries);
+                    let runtime = tokio::runtime::Runtime::new()
+                        .context("failed to start the tokio runtime")?;
+                    let image = runtime
+                        .block_on(store.pull(&reference, None))
+                        .with_context(|| format!("cannot pull {reference}"))?;
+                    println!("pulled {} ({})", image.reference, image.id);
+                }
                 cli::ImageCommand::Ls { data_dir } => {
                     let store = ImageStore::open(&data_dir).with_context(|| {
                         format!("cannot open the image store in {}", data_dir.display())
@@ -131,9 +151,21 @@ fn main() -> anyhow::Result<()> {
 
 /// `windlass agent`: the kubelet on this node.
 fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
-    if args.runtime == cli::RuntimeKind::Cri {
-        bail!("--runtime cri is not built yet; use --runtime oci (the default)");
-    }
+    // containerd runs CNI itself, from the conflist the agent writes into its conf dir.
+    let (runtime_choice, cni_conf_dir) = match args.runtime {
+        cli::RuntimeKind::Oci => (
+            windlass::node::kubelet::RuntimeChoice::Oci,
+            args.cni_conf_dir,
+        ),
+        cli::RuntimeKind::Cri => (
+            windlass::node::kubelet::RuntimeChoice::Cri {
+                endpoint: windlass::node::kubelet::runtime::cri::endpoint_path(
+                    &args.container_runtime_endpoint,
+                ),
+            },
+            Some(args.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into())),
+        ),
+    };
     let beside = |name: &str| -> anyhow::Result<std::path::PathBuf> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
         Ok(exe.with_file_name(name))
@@ -164,16 +196,39 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
             Some(p) => p,
             None => beside("windlass-cni")?,
         },
-        cni_conf_dir: args.cni_conf_dir,
+        cni_conf_dir,
         bridge: args.bridge,
         backoff_base: std::time::Duration::from_secs_f64(args.backoff_base_seconds.max(0.0)),
         pids_limit: args.pod_max_pids,
+        manifest_dir: args.manifest_dir,
+        runtime: runtime_choice,
+        kubelet_port: args.kubelet_port,
+        client_ca: Vec::new(),
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
-        let client = windlass::control_plane::controllers::client_from_kubeconfig(&args.kubeconfig)
+        let kubeconfig_path = match (args.kubeconfig, args.server, args.token) {
+            (Some(path), _, _) => path,
+            (None, Some(server), Some(token)) => windlass::node::join::ensure_joined(
+                &server,
+                &token,
+                &options.node_name,
+                &options.data_dir,
+            )
             .await
-            .with_context(|| format!("cannot use {}", args.kubeconfig.display()))?;
+            .with_context(|| format!("cannot join the cluster at {server}"))?,
+            _ => bail!("pass --kubeconfig, or --server with --token"),
+        };
+        // The kubelet server accepts client certificates signed by the kubeconfig's CA.
+        let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
+            .with_context(|| format!("cannot read {}", kubeconfig_path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .with_context(|| format!("cannot use {}", kubeconfig_path.display()))?;
+        let mut options = options;
+        options.client_ca = config.root_cert.clone().unwrap_or_default();
+        let client = kube::Client::try_from(config)
+            .with_context(|| format!("cannot use {}", kubeconfig_path.display()))?;
         windlass::node::kubelet::run(client, options, shutdown_signal())
             .await
             .context("windlass agent failed")

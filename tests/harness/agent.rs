@@ -98,6 +98,8 @@ pub struct AgentOptions {
     pub backoff_base_seconds: f64,
     /// Extra `windlass agent` flags (`--runtime cri --container-runtime-endpoint ...`).
     pub extra_args: Vec<String>,
+    /// Join with `--server URL --token T` (this token) instead of the admin kubeconfig.
+    pub join_token: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -105,6 +107,7 @@ impl Default for AgentOptions {
         AgentOptions {
             backoff_base_seconds: 10.0,
             extra_args: Vec::new(),
+            join_token: None,
         }
     }
 }
@@ -118,7 +121,7 @@ pub struct TestAgent {
     cgroup_root: String,
     node_ns: PathBuf,
     node_name: String,
-    _forwarder: LoopbackForwarder,
+    _forwarder: Option<LoopbackForwarder>,
 }
 
 impl TestAgent {
@@ -154,7 +157,12 @@ impl TestAgent {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
             .ok_or_else(|| HarnessError::Setup(format!("no port in {}", server.url())))?;
-        let forwarder = LoopbackForwarder::start(node, port)?;
+        // A server inside the topology's fabric is reached over it; one on the host's loopback
+        // through a forwarder.
+        let forwarder = match server.netns() {
+            Some(_) => None,
+            None => Some(LoopbackForwarder::start(node, port)?),
+        };
         let prefix = prefix::unique();
         let data = tempfile::Builder::new()
             .prefix(&format!("{prefix}-agent"))
@@ -166,30 +174,41 @@ impl TestAgent {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--kubeconfig".into(),
-            server.kubeconfig().display().to_string(),
-            "--node-name".into(),
-            node_name.clone(),
-            "--node-ip".into(),
-            node.underlay_ip.to_string(),
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--cgroup-root".into(),
-            cgroup_root.clone(),
-            "--pod-log-dir".into(),
-            data.path().join("logs").display().to_string(),
-            "--shim".into(),
-            bin_dir.join("windlass-shim").display().to_string(),
-            "--cni-plugin".into(),
-            bin_dir.join("windlass-cni").display().to_string(),
-            "--backoff-base-seconds".into(),
-            backoff_base_seconds.to_string(),
-        ]
-        .into_iter()
-        .chain(options.extra_args)
-        .collect();
+        let credentials: Vec<String> = match &options.join_token {
+            Some(token) => vec![
+                "--server".into(),
+                server.url(),
+                "--token".into(),
+                token.clone(),
+            ],
+            None => vec![
+                "--kubeconfig".into(),
+                server.kubeconfig().display().to_string(),
+            ],
+        };
+        let args: Vec<String> = ["agent".to_string()]
+            .into_iter()
+            .chain(credentials)
+            .chain([
+                "--node-name".into(),
+                node_name.clone(),
+                "--node-ip".into(),
+                node.underlay_ip.to_string(),
+                "--data-dir".into(),
+                data.path().display().to_string(),
+                "--cgroup-root".into(),
+                cgroup_root.clone(),
+                "--pod-log-dir".into(),
+                data.path().join("logs").display().to_string(),
+                "--shim".into(),
+                bin_dir.join("windlass-shim").display().to_string(),
+                "--cni-plugin".into(),
+                bin_dir.join("windlass-cni").display().to_string(),
+                "--backoff-base-seconds".into(),
+                backoff_base_seconds.to_string(),
+            ])
+            .chain(options.extra_args)
+            .collect();
         // Shims orphaned by a killed agent come to the test, which reaps them.
         let _ = nix::sys::prctl::set_child_subreaper(true);
         let mut agent = TestAgent {
@@ -249,6 +268,13 @@ impl TestAgent {
     /// The agent's own log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Whether the agent process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// The agent's pid.

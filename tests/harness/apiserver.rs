@@ -3,6 +3,7 @@
 //! [`crate::prereq::kubectls`]) and curl.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -34,7 +35,12 @@ pub struct TestServer {
     backend: Backend,
     etcd: Option<EtcdServer>,
     extra_args: Vec<String>,
+    /// The network namespace the server runs in (a topology's fabric), or none for the host.
+    netns: Option<PathBuf>,
 }
+
+/// The port a server inside a topology's fabric listens on (the namespace is the test's own).
+pub const FABRIC_PORT: u16 = 6443;
 
 fn free_port() -> Result<u16, HarnessError> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -69,9 +75,48 @@ impl TestServer {
             backend,
             etcd,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a SQLite-backed server inside `netns` (a topology's fabric, see
+    /// [`crate::topology::Topology::fabric_address`]) listening on `ip:`[`FABRIC_PORT`], so
+    /// agents in node namespaces reach it, and it reaches their kubelets, over the fabric. Its
+    /// certificate covers `ip` and `admin.kubeconfig` points at it; only processes inside the
+    /// topology reach it, so [`TestServer::kubectl`] and [`TestServer::curl`] run there.
+    pub fn start_in(netns: &crate::NetNs, ip: Ipv4Addr) -> Result<Self, HarnessError> {
+        let data = tempfile::Builder::new()
+            .prefix(&format!("{}-server", prefix::unique()))
+            .tempdir()
+            .map_err(io_err("create", "server data dir"))?;
+        let mut server = TestServer {
+            child: None,
+            addr: SocketAddr::from((ip, FABRIC_PORT)),
+            data,
+            backend: Backend::Sqlite,
+            etcd: None,
+            extra_args: Vec::new(),
+            netns: Some(netns.path().to_path_buf()),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The namespace the server runs in, when not the host's.
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// Runs `f` in the server's namespace (or here, for a server on the host's loopback).
+    fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            None => f(),
+            Some(path) => crate::NetNs::open(path)
+                .and_then(|ns| ns.run(f))
+                .unwrap_or_else(|e| panic!("enter the server's namespace: {e}")),
+        }
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
@@ -90,15 +135,17 @@ impl TestServer {
         if let Some(etcd) = &self.etcd {
             command.args(["--store", "etcd", "--etcd-endpoints", etcd.client_url()]);
         }
-        self.child = Some(
-            command
-                .spawn()
-                .map_err(io_err("start", "windlass server"))?,
-        );
+        let child = self
+            .in_netns(|| command.spawn())
+            .map_err(io_err("start", "windlass server"))?;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let addr = self.addr;
             if self.kubeconfig().is_file()
-                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+                && self
+                    .in_netns(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+                    .is_ok()
             {
                 return Ok(());
             }
@@ -158,14 +205,32 @@ impl TestServer {
             .to_string()
     }
 
-    /// Runs `kubectl args...` against this server.
-    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Output {
-        Command::new(kubectl)
+    /// `kubectl args...` against this server, not started yet.
+    pub fn kubectl_command(&self, kubectl: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(kubectl);
+        command
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .output()
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        command
+    }
+
+    /// Runs `kubectl args...` against this server (in its namespace).
+    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Output {
+        let mut command = self.kubectl_command(kubectl, args);
+        self.in_netns(|| command.output())
             .unwrap_or_else(|e| panic!("run {}: {e}", kubectl.display()))
+    }
+
+    /// Starts `command` in the server's namespace with stdout piped (for `kubectl logs -f`);
+    /// it is killed with SIGKILL if the test process dies.
+    pub fn spawn_in_netns(&self, mut command: Command) -> Child {
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        self.in_netns(|| command.spawn())
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()))
     }
 
     /// Runs kubectl and returns stdout, failing the test with stderr when it fails.
@@ -208,10 +273,8 @@ impl TestServer {
         if let Some(body) = body {
             command.args(["--data-binary", body]);
         }
-        let out = command
-            .arg(format!("{}{path}", self.url()))
-            .output()
-            .expect("run curl");
+        command.arg(format!("{}{path}", self.url()));
+        let out = self.in_netns(|| command.output()).expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())

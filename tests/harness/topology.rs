@@ -21,6 +21,8 @@ use crate::{HarnessError, prefix, prereq};
 
 /// Underlay network of the fabric (TEST-NET-1).
 pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 0, 2, 0), 24);
+/// The fabric bridge's own address ([`Topology::fabric_address`]), for a test API server.
+pub const FABRIC_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 /// Name of the pod-side interface in every pod namespace.
 pub const POD_IFACE: &str = "eth0";
 
@@ -161,6 +163,28 @@ impl Topology {
     /// The fabric namespace holding the underlay bridge.
     pub fn fabric(&self) -> &NetNs {
         &self.fabric
+    }
+
+    /// Gives the fabric bridge [`FABRIC_IP`]`/24`, so a process in the fabric namespace (a test
+    /// API server) and every node reach each other on the underlay; returns the address.
+    pub fn fabric_address(&self) -> Result<Ipv4Addr, HarnessError> {
+        let bridge = format!("{}br", self.prefix);
+        let has = self.fabric.run(|| {
+            netlink::block_on(|nl| async move {
+                let index = nl.link_index(&bridge).await?;
+                nl.ipv4_addresses(index).await
+            })
+        })??;
+        if !has.iter().any(|(ip, _)| *ip == FABRIC_IP) {
+            let bridge = format!("{}br", self.prefix);
+            self.fabric.run(|| {
+                netlink::block_on(|nl| async move {
+                    nl.add_address(&bridge, IpAddr::V4(FABRIC_IP), UNDERLAY.1)
+                        .await
+                })
+            })??;
+        }
+        Ok(FABRIC_IP)
     }
 
     /// Node `i`.

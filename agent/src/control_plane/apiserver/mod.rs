@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod pod_log;
 
 pub mod resources;
 pub mod selectors;
@@ -121,6 +122,7 @@ struct AppState {
     auth: auth::Authenticator,
     ca_pem: Arc<str>,
     server_address: Arc<str>,
+    kubelet_client: pod_log::KubeletClient,
 }
 
 /// Where a request path points.
@@ -134,7 +136,10 @@ enum Route {
     ResourceList(String, String),
     Metrics,
     Join,
+    CaCerts,
     Resource(Target, bool),
+    /// `pods/{name}/log`: proxied to the pod's kubelet ([`pod_log`]).
+    PodLog(String, String),
     OpenApi,
 }
 
@@ -151,9 +156,13 @@ fn route(path: &str) -> Option<Route> {
         ["openapi", ..] => return Some(Route::OpenApi),
         ["metrics"] => return Some(Route::Metrics),
         ["windlass", "v1", "join"] => return Some(Route::Join),
+        ["cacerts"] => return Some(Route::CaCerts),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
         ["apis", group] => return Some(Route::Group((*group).to_string())),
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] => {
+            return Some(Route::PodLog((*ns).to_string(), (*name).to_string()));
+        }
         _ => {}
     }
     let (group, version, rest) = match segments.as_slice() {
@@ -285,6 +294,15 @@ async fn handle(
         Route::Health => return Ok((StatusCode::OK, "ok").into_response()),
         Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
         Route::Join if method == Method::POST => return join(state, headers, body).await,
+        // Public, like k3s's: a joining node checks it against the hash in its join token.
+        Route::CaCerts => {
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-pem-file")],
+                state.ca_pem.to_string(),
+            )
+                .into_response());
+        }
         _ => {}
     }
     let user = state.auth.authenticate(bearer(headers))?;
@@ -338,13 +356,24 @@ async fn handle(
             state.api.caches.metrics(),
         )
             .into_response()),
+        Route::PodLog(namespace, name) if method == Method::GET => {
+            let target = Target {
+                resource: resources::find("", "v1", "pods").ok_or_else(ApiError::no_route)?,
+                namespace: Some(namespace.clone()),
+                name: Some(name.clone()),
+                subresource: Some("log".into()),
+            };
+            auth::authorize(&state.api, &user, "get", &target, body).await?;
+            pod_log::pod_log(&state.api, &state.kubelet_client, &namespace, &name, query).await
+        }
+        Route::PodLog(..) => Err(ApiError::method_not_allowed(method.as_str())),
         Route::Resource(target, watch_path) => {
             resource(
                 state, &user, method, target, watch_path, query, headers, accept, body,
             )
             .await
         }
-        Route::Health | Route::Version | Route::Join => Err(ApiError::no_route()),
+        Route::Health | Route::Version | Route::Join | Route::CaCerts => Err(ApiError::no_route()),
     }
 }
 
@@ -518,6 +547,8 @@ pub struct RunningServer {
     pub kubeconfig: PathBuf,
     /// The bound address.
     pub addr: SocketAddr,
+    /// Where the node join token (`K10<CA hash>::<secret>`) was written.
+    pub node_token: PathBuf,
 }
 
 /// Starts serving with `store` until `shutdown` resolves; `on_ready` is called once the server
@@ -559,6 +590,12 @@ pub async fn run(
         api.caches.clone(),
         options.compaction_interval,
     ));
+    // Before admin.kubeconfig, whose appearance tells scripts the server is ready.
+    let node_token = pki::write_node_token(
+        &options.data_dir,
+        &credentials.ca_pem,
+        &credentials.node_join_token,
+    )?;
     let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, addr, &credentials)?;
     let auth = auth::Authenticator::load(
         &api.store,
@@ -571,6 +608,7 @@ pub async fn run(
         auth,
         ca_pem: credentials.ca_pem.clone().into(),
         server_address: addr.to_string().into(),
+        kubelet_client: pod_log::KubeletClient::new(&credentials),
     };
     let app = Router::new().fallback(dispatch).with_state(state);
     if let Some(controller_options) = options.controllers.clone() {
@@ -588,7 +626,11 @@ pub async fn run(
             }
         });
     }
-    on_ready(&RunningServer { kubeconfig, addr });
+    on_ready(&RunningServer {
+        kubeconfig,
+        addr,
+        node_token,
+    });
     serve::serve(listener, tls, app, shutdown).await;
     Ok(())
 }

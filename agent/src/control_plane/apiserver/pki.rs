@@ -19,6 +19,8 @@ const CA_KEY: &str = "pki/ca.key";
 const SERVING_CERT: &str = "pki/apiserver.crt";
 const SERVING_KEY: &str = "pki/apiserver.key";
 const SERVING_SANS: &str = "pki/apiserver.sans";
+const KUBELET_CLIENT_CERT: &str = "pki/apiserver-kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "pki/apiserver-kubelet-client.key";
 const ADMIN_TOKEN: &str = "pki/admin.token";
 const NODE_JOIN_TOKEN: &str = "pki/node-join.token";
 /// The admin kubeconfig, relative to the data dir.
@@ -75,6 +77,11 @@ pub struct Credentials {
     pub admin_token: String,
     /// The token nodes present to join and get their own credentials.
     pub node_join_token: String,
+    /// The client certificate (PEM) the server presents to kubelets (`apiserver-kubelet-client`,
+    /// as kube-apiserver's `--kubelet-client-certificate`).
+    pub kubelet_client_cert_pem: String,
+    /// Its key (PEM).
+    pub kubelet_client_key_pem: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -179,6 +186,23 @@ fn serving_params(names: &[String]) -> CertificateParams {
     params
 }
 
+/// kubeadm's `apiserver-kubelet-client`: a client certificate in `system:masters`.
+fn kubelet_client_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
 /// Loads the credentials from `data_dir`, making whatever is missing. The serving certificate is
 /// re-issued when `listen` needs a name it does not cover.
 pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiError> {
@@ -229,6 +253,26 @@ pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiErr
         }
     };
 
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = match (
+        read(&data_dir.join(KUBELET_CLIENT_CERT))?,
+        read(&data_dir.join(KUBELET_CLIENT_KEY))?,
+    ) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(cert("load the CA key"))?;
+            let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+                .map_err(cert("load the CA certificate"))?;
+            let key = KeyPair::generate().map_err(cert("generate the kubelet client key"))?;
+            let client = kubelet_client_params()
+                .signed_by(&key, &issuer)
+                .map_err(cert("sign the kubelet client certificate"))?;
+            let (cert_pem, key_pem) = (client.pem(), key.serialize_pem());
+            write_private(&data_dir.join(KUBELET_CLIENT_KEY), &key_pem)?;
+            write_private(&data_dir.join(KUBELET_CLIENT_CERT), &cert_pem)?;
+            (cert_pem, key_pem)
+        }
+    };
+
     let token = |name: &str| -> Result<String, PkiError> {
         let path = data_dir.join(name);
         match read(&path)? {
@@ -246,6 +290,8 @@ pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiErr
         key_pem,
         admin_token: token(ADMIN_TOKEN)?,
         node_join_token: token(NODE_JOIN_TOKEN)?,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
 }
 
@@ -287,6 +333,44 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String
     serde_json::to_string_pretty(&config).unwrap_or_default()
 }
 
+/// Where the full node join token is written in the data dir (k3s: `server/node-token`).
+pub const NODE_TOKEN: &str = "node-token";
+
+/// The join token a node is given: `K10<sha256 of the CA PEM, hex>::<secret>`, k3s's format, so a
+/// joining node can check the CA it downloads from `/cacerts` before trusting it.
+pub fn node_token(ca_pem: &str, secret: &str) -> String {
+    format!("K10{}::{secret}", ca_hash(ca_pem))
+}
+
+/// The hex SHA-256 of a CA bundle, as it appears in a join token.
+pub fn ca_hash(ca_pem: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Splits a join token into the CA hash it pins (if any) and the secret the join step checks.
+/// A bare secret (no `K10...::`) pins nothing.
+pub fn parse_node_token(token: &str) -> (Option<&str>, &str) {
+    match token
+        .trim()
+        .strip_prefix("K10")
+        .and_then(|t| t.split_once("::"))
+    {
+        Some((hash, secret)) if hash.len() == 64 => (Some(hash), secret),
+        _ => (None, token.trim()),
+    }
+}
+
+/// Writes `<data-dir>/node-token` (mode 0600) and returns its path.
+pub fn write_node_token(data_dir: &Path, ca_pem: &str, secret: &str) -> Result<PathBuf, PkiError> {
+    let path = data_dir.join(NODE_TOKEN);
+    write_private(&path, &format!("{}\n", node_token(ca_pem, secret)))?;
+    Ok(path)
+}
+
 /// Writes `<data-dir>/admin.kubeconfig` and returns its path.
 pub fn write_admin_kubeconfig(
     data_dir: &Path,
@@ -309,6 +393,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_tokens_pin_the_ca() {
+        let token = node_token("CA PEM", "secret");
+        let (hash, secret) = parse_node_token(&token);
+        assert_eq!(hash, Some(ca_hash("CA PEM").as_str()));
+        assert_eq!(secret, "secret");
+        assert_eq!(parse_node_token(" bare \n"), (None, "bare"));
+    }
+
+    #[test]
     fn credentials_are_made_once_and_reused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: SocketAddr = "127.0.0.1:6443".parse().expect("addr");
@@ -319,6 +412,11 @@ mod tests {
         assert_eq!(first.admin_token, second.admin_token);
         assert_eq!(first.node_join_token, second.node_join_token);
         assert_ne!(first.admin_token, first.node_join_token);
+        assert_eq!(
+            first.kubelet_client_cert_pem,
+            second.kubelet_client_cert_pem
+        );
+        assert!(first.kubelet_client_key_pem.contains("PRIVATE KEY"));
 
         // A new listen address needs a new serving certificate from the same CA.
         let moved = ensure(dir.path(), "192.0.2.7:6443".parse().expect("addr")).expect("moved");

@@ -1,8 +1,12 @@
-//! The image store: OCI archives imported into the data dir, unpacked layers for overlayfs.
+//! The image store: OCI images imported or pulled into the data dir, unpacked layers for overlayfs.
 //!
-//! The `oci` runtime has no registry client: images arrive as OCI archives (a tar of an OCI image
-//! layout, as `ctr images export`, `skopeo copy oci-archive:` and the test harness write them) and
-//! `windlass image import` puts them here. Everything lives under `<data-dir>/images/`:
+//! Images arrive two ways, which share everything after fetching: as OCI archives (a tar of an
+//! OCI image layout, as `ctr images export`, `skopeo copy oci-archive:` and the test harness write
+//! them) through `windlass image import` ([`ImageStore::import`]), and from a registry through
+//! `windlass image pull` and the kubelet ([`ImageStore::pull`], the OCI distribution API through
+//! `oci-client`: HTTPS, plain HTTP only for loopback and [`INSECURE_REGISTRIES_ENV`] registries,
+//! anonymous bearer tokens, every blob streamed to disk and verified). Everything lives under
+//! `<data-dir>/images/`:
 //!
 //! - `blobs/sha256/<hex>`: manifests, configs and layer blobs as imported, content-addressed;
 //! - `index.json`: `{"<normalised reference>": "sha256:<manifest digest>"}`, replaced atomically
@@ -10,9 +14,10 @@
 //! - `layers/<hex of the diff ID>/`: each layer unpacked once, an overlayfs lowerdir, with OCI
 //!   whiteouts turned into overlayfs ones (a 0/0 character device per deleted path, the
 //!   `trusted.overlay.opaque=y` xattr on an opaque directory);
-//! - `tmp/`: imports stage blobs and unpack layers here and rename them into place, so a crash
-//!   never leaves half a blob or half a layer where readers look;
-//! - `lock`: `flock`ed by an import, so two imports (even from two processes) do not lose each
+//! - `tmp/`: imports and pulls stage blobs and unpack layers here and rename them into place, so
+//!   a crash never leaves half a blob or half a layer where readers look;
+//! - `lock`: `flock`ed by an import or a pull (for all of it, so pulls are serialised as the
+//!   kubelet's are by default), so two of them (even from two processes) do not lose each
 //!   other's index updates. Readers need no lock: they only see whole files.
 //!
 //! References are normalised as Kubernetes and containerd do: `busybox` is
@@ -156,6 +161,17 @@ pub enum ImageError {
     /// An image reference is not valid.
     #[error("invalid image reference {0:?}")]
     InvalidReference(String),
+    /// An image could not be pulled from its registry: the registry is unreachable, refused
+    /// the request (401, 404, ... with its message) or sent something unusable.
+    #[error("failed to pull {reference} from {registry}: {reason}")]
+    Pull {
+        /// The normalised reference.
+        reference: String,
+        /// The registry host (and port) the requests went to.
+        registry: String,
+        /// What went wrong, with the registry's message when it sent one.
+        reason: String,
+    },
     /// No image of this (normalised) reference is in the store.
     #[error("image {0} not found")]
     NotFound(String),
@@ -234,6 +250,9 @@ pub struct Image {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    /// Registries (`host` or `host:port`) that may be pulled from over plain HTTP, besides
+    /// `localhost` and loopback addresses.
+    insecure_registries: Vec<String>,
 }
 
 // ---- OCI documents (only the fields the store reads) ----
@@ -325,7 +344,21 @@ impl ImageStore {
         ] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
-        Ok(ImageStore { root })
+        Ok(ImageStore {
+            root,
+            insecure_registries: insecure_registries_from_env(),
+        })
+    }
+
+    /// Adds registries (`host` or `host:port`) that [`ImageStore::pull`] may reach over plain
+    /// HTTP (after HTTPS, with any certificate, fails), like Docker's `--insecure-registry`.
+    /// `localhost` and loopback addresses always may; so may those in [`INSECURE_REGISTRIES_ENV`].
+    pub fn with_insecure_registries(
+        mut self,
+        registries: impl IntoIterator<Item = String>,
+    ) -> Self {
+        self.insecure_registries.extend(registries);
+        self
     }
 
     /// The store's directory, `<data_dir>/images`.
@@ -387,34 +420,9 @@ impl ImageStore {
                 );
                 continue;
             };
-            let (manifest_desc, manifest) = blobs.pick_manifest(descriptor, 0)?;
-            let config = blobs.read_config(&manifest.config)?;
-            if config.rootfs.diff_ids.len() != manifest.layers.len() {
-                return Err(ImageError::LayerCount {
-                    config: manifest.config.digest.clone(),
-                    diff_ids: config.rootfs.diff_ids.len(),
-                    layers: manifest.layers.len(),
-                });
-            }
-            // Blobs go into the store first, then layers unpack from there.
-            for blob in std::iter::once(descriptor)
-                .chain([&manifest_desc, &manifest.config])
-                .chain(&manifest.layers)
-            {
-                blobs.commit(blob)?;
-            }
-            for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-                self.ensure_layer(&blobs.existing(layer)?, layer, diff_id, &staging.path)?;
-            }
-            imported.push((
-                reference,
-                manifest_desc.digest.clone(),
-                ImageSummary {
-                    reference: String::new(),
-                    id: manifest.config.digest.clone(),
-                    size: image_size(&manifest),
-                },
-            ));
+            let (manifest_digest, summary) =
+                self.commit_image(&blobs, descriptor, &staging.path)?;
+            imported.push((reference, manifest_digest, summary));
         }
         if imported.is_empty() {
             return Err(not_layout(format!(
@@ -422,6 +430,55 @@ impl ImageStore {
             )));
         }
 
+        self.record(imported)
+    }
+
+    /// The shared tail of [`ImageStore::import`] and [`ImageStore::pull`]: follows `descriptor`
+    /// (a manifest, or an index whose entry for this platform is taken) through blobs that are
+    /// staged or already stored, checks the config against the manifest, moves the blobs into the
+    /// store and unpacks layers not unpacked yet. Returns the manifest digest and the summary
+    /// (without its reference). Called with the lock held.
+    fn commit_image(
+        &self,
+        blobs: &Blobs<'_>,
+        descriptor: &Descriptor,
+        staging: &Path,
+    ) -> Result<(String, ImageSummary), ImageError> {
+        let (manifest_desc, manifest) = blobs.pick_manifest(descriptor, 0)?;
+        let config = blobs.read_config(&manifest.config)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::LayerCount {
+                config: manifest.config.digest.clone(),
+                diff_ids: config.rootfs.diff_ids.len(),
+                layers: manifest.layers.len(),
+            });
+        }
+        // Blobs go into the store first, then layers unpack from there.
+        for blob in std::iter::once(descriptor)
+            .chain([&manifest_desc, &manifest.config])
+            .chain(&manifest.layers)
+        {
+            blobs.commit(blob)?;
+        }
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            self.ensure_layer(&blobs.existing(layer)?, layer, diff_id, staging)?;
+        }
+        Ok((
+            manifest_desc.digest.clone(),
+            ImageSummary {
+                reference: String::new(),
+                id: manifest.config.digest.clone(),
+                size: image_size(&manifest),
+            },
+        ))
+    }
+
+    /// Records `(reference, manifest digest, summary)` in the index, replacing what each
+    /// reference named before (the last step of an import or a pull, with the lock held).
+    fn record(
+        &self,
+        imported: Vec<(String, String, ImageSummary)>,
+    ) -> Result<Vec<ImageSummary>, ImageError> {
         let mut references = self.read_index()?;
         let summaries = imported
             .into_iter()
@@ -455,12 +512,14 @@ impl ImageStore {
         let normalised = normalize_reference(reference)?;
         let found = match normalised.split_once('@') {
             None => references.get_key_value(&normalised),
-            Some((name, digest)) => {
+            // A pull by digest is recorded under the reference as given (its digest may be an
+            // index's); else any tag of the repository whose manifest has this digest.
+            Some((name, digest)) => references.get_key_value(&normalised).or_else(|| {
                 let repository = repository_of(name);
                 references
                     .iter()
                     .find(|(r, d)| *d == digest && repository_of(r) == repository)
-            }
+            }),
         };
         let (name, manifest_digest) = found.ok_or(ImageError::NotFound(normalised.clone()))?;
         let manifest = blobs.read_manifest_by_digest(manifest_digest)?;
@@ -633,6 +692,611 @@ impl ImageStore {
     }
 }
 
+// ---- Pulling from a registry (the OCI distribution API) ----
+
+/// The environment variable that lists registries (`host` or `host:port`, comma-separated) that
+/// `windlass image pull` and the agent may reach over plain HTTP, like Docker's
+/// `--insecure-registry`. `localhost` and loopback addresses never need listing.
+pub const INSECURE_REGISTRIES_ENV: &str = "WINDLASS_INSECURE_REGISTRIES";
+
+/// What a manifest request accepts: image indexes and manifests, OCI and Docker v2 schema 2.
+const MANIFEST_ACCEPT: [&str; 4] = [
+    INDEX_TYPES[0],
+    INDEX_TYPES[1],
+    MANIFEST_TYPES[0],
+    MANIFEST_TYPES[1],
+];
+
+/// How long connecting to a registry may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a registry may stay silent in the middle of a response.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn insecure_registries_from_env() -> Vec<String> {
+    std::env::var(INSECURE_REGISTRIES_ENV)
+        .map(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Credentials for a registry that wants them: sent as HTTP Basic, or traded for a bearer token
+/// when the registry answers with a `WWW-Authenticate: Bearer realm=...` challenge.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    /// The user name.
+    pub username: String,
+    /// The password or access token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where an image reference points in the distribution API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryReference {
+    /// The normalised reference, the name the store records: `docker.io/library/busybox:latest`.
+    pub normalised: String,
+    /// The registry as the reference names it: `docker.io`, `localhost:5000`, `127.0.0.1:5000`.
+    pub registry: String,
+    /// The host (and port) requests go to: `registry-1.docker.io` for `docker.io`, else the
+    /// registry.
+    pub endpoint: String,
+    /// The repository in the registry: `library/busybox`.
+    pub repository: String,
+    /// The tag (`latest` when the reference gives neither a tag nor a digest).
+    pub tag: Option<String>,
+    /// The manifest digest, when the reference pins one (then it is what is fetched).
+    pub digest: Option<String>,
+}
+
+impl RegistryReference {
+    /// Parses (and normalises) an image reference.
+    pub fn parse(reference: &str) -> Result<Self, ImageError> {
+        let normalised = normalize_reference(reference)?;
+        let (name, digest) = match normalised.split_once('@') {
+            Some((name, digest)) => (name, Some(digest.to_string())),
+            None => (normalised.as_str(), None),
+        };
+        let full = repository_of(name);
+        let tag = name.get(full.len() + 1..).map(String::from);
+        let (registry, repository) = full
+            .split_once('/')
+            .ok_or_else(|| ImageError::InvalidReference(reference.to_string()))?;
+        let endpoint = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        Ok(RegistryReference {
+            registry: registry.to_string(),
+            endpoint: endpoint.to_string(),
+            repository: repository.to_string(),
+            tag,
+            digest,
+            normalised,
+        })
+    }
+
+    /// Whether plain HTTP may be tried after HTTPS fails: for `localhost`, loopback addresses
+    /// and the registries listed as insecure (by `host:port` or by `host`).
+    pub fn allows_http(&self, insecure_registries: &[String]) -> bool {
+        let host = host_of(&self.registry);
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || insecure_registries
+                .iter()
+                .any(|r| *r == self.registry || r == host)
+    }
+
+    fn oci_reference(&self) -> oci_client::Reference {
+        let (registry, repository) = (self.endpoint.clone(), self.repository.clone());
+        match (&self.tag, &self.digest) {
+            (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
+                registry,
+                repository,
+                tag.clone(),
+                digest.clone(),
+            ),
+            (None, Some(digest)) => {
+                oci_client::Reference::with_digest(registry, repository, digest.clone())
+            }
+            (tag, None) => oci_client::Reference::with_tag(
+                registry,
+                repository,
+                tag.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        }
+    }
+}
+
+/// The host of `host`, `host:port` or `[v6]:port`.
+fn host_of(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    registry.split_once(':').map_or(registry, |(host, _)| host)
+}
+
+/// What a manifest document is, from its `mediaType` (or, when it has none, its shape).
+/// Schema 1 manifests and other media types are refused.
+fn manifest_media_type(body: &[u8], digest: &str) -> Result<String, ImageError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Versioned {
+        #[serde(default)]
+        schema_version: Option<u64>,
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        config: Option<serde_json::Value>,
+    }
+    let doc: Versioned =
+        serde_json::from_slice(body).map_err(|source| ImageError::InvalidJson {
+            what: "manifest",
+            digest: digest.to_string(),
+            source,
+        })?;
+    let unsupported = |media_type: String| ImageError::UnsupportedMediaType {
+        media_type,
+        digest: digest.to_string(),
+    };
+    if doc.schema_version != Some(2) {
+        return Err(unsupported(format!(
+            "manifest schema version {}",
+            doc.schema_version
+                .map_or_else(|| "(none)".to_string(), |v| v.to_string())
+        )));
+    }
+    match doc.media_type {
+        Some(media_type) if MANIFEST_ACCEPT.contains(&media_type.as_str()) => Ok(media_type),
+        Some(other) => Err(unsupported(other)),
+        // The OCI spec makes `mediaType` optional: an index has `manifests`, a manifest `config`.
+        None if doc.manifests.is_some() => Ok(INDEX_TYPES[0].to_string()),
+        None if doc.config.is_some() => Ok(MANIFEST_TYPES[0].to_string()),
+        None => Err(unsupported("(none)".into())),
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+fn sha256_digest(bytes: &[u8]) -> String {
+    let hash = ring::digest::digest(&SHA256, bytes);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Says what went wrong talking to a registry, with the registry's own message when it sent one.
+fn describe_registry_error(error: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    let chain = |error: &dyn std::error::Error| {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    };
+    match error {
+        E::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            format!("the registry is unreachable: {}", chain(e))
+        }
+        E::RequestError(e) => format!("request failed: {}", chain(e)),
+        E::RegistryError { envelope, url } => {
+            let messages: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    let code = serde_json::to_value(&e.code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_else(|| format!("{:?}", e.code));
+                    format!("{code}: {}", e.message)
+                })
+                .collect();
+            format!("{} ({url})", messages.join("; "))
+        }
+        E::UnauthorizedError { url } => format!(
+            "unauthorized (HTTP 401) at {url}: the registry refused these credentials (or an \
+             anonymous pull)"
+        ),
+        E::AuthenticationFailure(reason) => {
+            format!("the registry's token service refused: {}", reason.trim())
+        }
+        E::ServerError { code, url, message } => {
+            format!("HTTP {code} at {url}: {}", message.trim())
+        }
+        other => chain(other),
+    }
+}
+
+/// A client for one registry, over HTTPS or (for a registry that allows it) plain HTTP.
+struct Registry<'a> {
+    target: &'a RegistryReference,
+    reference: oci_client::Reference,
+    auth: oci_client::secrets::RegistryAuth,
+    client: oci_client::Client,
+}
+
+impl<'a> Registry<'a> {
+    fn new(
+        target: &'a RegistryReference,
+        auth: oci_client::secrets::RegistryAuth,
+        plain_http: bool,
+        allows_http: bool,
+    ) -> Result<Self, ImageError> {
+        // reqwest takes the process's rustls provider; ours is ring (no aws-lc, no openssl).
+        // An error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = oci_client::client::ClientConfig {
+            protocol: if plain_http {
+                oci_client::client::ClientProtocol::HttpsExcept(vec![target.endpoint.clone()])
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            // An insecure registry is tried over HTTPS first whatever its certificate, as Docker
+            // and containerd do.
+            accept_invalid_certificates: allows_http,
+            // Indexes are resolved here (`choose_platform`), as for imports.
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: concat!("windlass/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let client = oci_client::Client::try_from(config).map_err(|e| {
+            pull_error(
+                target,
+                format!(
+                    "cannot build the HTTP client: {}",
+                    describe_registry_error(&e)
+                ),
+            )
+        })?;
+        Ok(Registry {
+            target,
+            reference: target.oci_reference(),
+            auth,
+            client,
+        })
+    }
+
+    /// The manifest (or index) the reference names, or `digest` when given.
+    async fn manifest(
+        &self,
+        digest: Option<&str>,
+    ) -> Result<Vec<u8>, oci_client::errors::OciDistributionError> {
+        let reference = match digest {
+            Some(digest) => self.reference.clone_with_digest(digest.to_string()),
+            None => self.reference.clone(),
+        };
+        let (body, _) = self
+            .client
+            .pull_manifest_raw(&reference, &self.auth, &MANIFEST_ACCEPT)
+            .await?;
+        Ok(body.to_vec())
+    }
+
+    /// Streams the blob of `descriptor` into `dest`, hashing as it goes; a blob whose size or
+    /// digest differs from the descriptor's is refused (and `dest` removed).
+    async fn fetch_blob(&self, descriptor: &Descriptor, dest: &Path) -> Result<(), ImageError> {
+        let result = self.fetch_blob_into(descriptor, dest).await;
+        if result.is_err() {
+            let _ = fs::remove_file(dest);
+        }
+        result
+    }
+
+    async fn fetch_blob_into(
+        &self,
+        descriptor: &Descriptor,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+
+        let layer = oci_client::manifest::OciDescriptor {
+            media_type: descriptor.media_type.clone(),
+            digest: descriptor.digest.clone(),
+            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, &layer)
+            .await
+            .map_err(|e| self.error(&e))?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(io_err("create", dest))?;
+        let mut context = Context::new(&SHA256);
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // oci-client checks the digest too and reports a mismatch as an error at the
+                // end; our own check below says which digests differ.
+                Err(e) if received == descriptor.size => {
+                    failure = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    return Err(pull_error(
+                        self.target,
+                        format!("failed to download blob {}: {e}", descriptor.digest),
+                    ));
+                }
+            };
+            received += chunk.len() as u64;
+            if received > descriptor.size {
+                return Err(ImageError::SizeMismatch {
+                    digest: descriptor.digest.clone(),
+                    expected: descriptor.size,
+                    actual: received,
+                });
+            }
+            context.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(io_err("write", dest))?;
+        }
+        file.sync_all().await.map_err(io_err("write", dest))?;
+        if received != descriptor.size {
+            return Err(ImageError::SizeMismatch {
+                digest: descriptor.digest.clone(),
+                expected: descriptor.size,
+                actual: received,
+            });
+        }
+        let hex: String = context
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let actual = format!("sha256:{hex}");
+        if actual != descriptor.digest {
+            return Err(ImageError::DigestMismatch {
+                expected: descriptor.digest.clone(),
+                actual,
+            });
+        }
+        if let Some(e) = failure {
+            return Err(pull_error(
+                self.target,
+                format!("failed to download blob {}: {e}", descriptor.digest),
+            ));
+        }
+        Ok(())
+    }
+
+    fn error(&self, error: &oci_client::errors::OciDistributionError) -> ImageError {
+        pull_error(self.target, describe_registry_error(error))
+    }
+}
+
+fn pull_error(target: &RegistryReference, reason: String) -> ImageError {
+    ImageError::Pull {
+        reference: target.normalised.clone(),
+        registry: target.endpoint.clone(),
+        reason,
+    }
+}
+
+impl ImageStore {
+    /// Pulls `reference` from its registry (`docker.io` is `registry-1.docker.io`) into the
+    /// store and records it in the index as [`ImageStore::import`] does. Manifests, the config
+    /// and layers are fetched over HTTPS (plain HTTP is tried after that fails only for
+    /// `localhost`, loopback addresses and insecure registries, see [`INSECURE_REGISTRIES_ENV`]);
+    /// an image index is resolved to linux/<this arch>. Without `auth` the pull is anonymous (a
+    /// registry's bearer-token challenge is answered with an anonymous token). Every blob is
+    /// streamed to disk and checked against its digest and size; blobs and layers already in
+    /// the store are not fetched or unpacked again. On an error the store is left as it was,
+    /// apart from verified blobs and whole layers that a later pull reuses.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryCredentials>,
+    ) -> Result<ImageSummary, ImageError> {
+        let target = RegistryReference::parse(reference)?;
+        let auth = match auth {
+            Some(c) => {
+                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+        };
+        let allows_http = target.allows_http(&self.insecure_registries);
+
+        // One pull or import at a time (kubelet's serialised pulls), and nothing else touches
+        // `tmp/` meanwhile.
+        let lock = {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.lock())
+                .await
+                .map_err(|e| io_err("lock", &self.root.join("lock"))(io::Error::other(e)))??
+        };
+        self.clean_tmp()?;
+        let staging = Staging::create(self.root.join("tmp").join(format!(
+            "pull-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        )))?;
+        let staged_blobs = staging.path.join("blobs");
+        let store_blobs = self.root.join("blobs").join("sha256");
+
+        let mut registry = Registry::new(&target, auth.clone(), false, allows_http)?;
+        let body = match registry.manifest(target.digest.as_deref()).await {
+            Ok(body) => body,
+            Err(oci_client::errors::OciDistributionError::RequestError(e)) if allows_http => {
+                tracing::debug!(registry = %target.endpoint, error = %e, "HTTPS failed; trying plain HTTP");
+                registry = Registry::new(&target, auth, true, allows_http)?;
+                registry
+                    .manifest(target.digest.as_deref())
+                    .await
+                    .map_err(|e| registry.error(&e))?
+            }
+            Err(e) => return Err(registry.error(&e)),
+        };
+        let top = stage_manifest(&body, &staged_blobs, target.digest.as_deref(), None)?;
+
+        // Follow indexes down to this platform's manifest, as `Blobs::pick_manifest` will.
+        let blobs = Blobs {
+            staged: &staging.path,
+            store: &store_blobs,
+        };
+        let mut descriptor = top.clone();
+        let mut depth = 0;
+        while INDEX_TYPES.contains(&descriptor.media_type.as_str()) {
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Err(ImageError::UnsupportedMediaType {
+                    media_type: descriptor.media_type.clone(),
+                    digest: descriptor.digest.clone(),
+                });
+            }
+            let index: IndexDoc = blobs.read_json(&descriptor, "image index")?;
+            let chosen = choose_platform(&index.manifests).cloned().ok_or_else(|| {
+                pull_error(
+                    &target,
+                    format!(
+                        "the image index {} has no linux/{} image",
+                        descriptor.digest,
+                        go_arch()
+                    ),
+                )
+            })?;
+            if blobs.existing(&chosen).is_err() {
+                let body = registry
+                    .manifest(Some(&chosen.digest))
+                    .await
+                    .map_err(|e| registry.error(&e))?;
+                stage_manifest(
+                    &body,
+                    &staged_blobs,
+                    Some(&chosen.digest),
+                    Some(chosen.size),
+                )?;
+            }
+            descriptor = chosen;
+        }
+        let manifest: ManifestDoc = blobs.read_json(&descriptor, "manifest")?;
+        let (mut fetched, mut reused) = (0usize, 0usize);
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            digest_hex(&blob.digest)?;
+            if !std::ptr::eq(blob, &manifest.config)
+                && layer_compression(&blob.media_type).is_none()
+            {
+                return Err(ImageError::UnsupportedMediaType {
+                    media_type: blob.media_type.clone(),
+                    digest: blob.digest.clone(),
+                });
+            }
+            match blobs.existing(blob) {
+                Ok(_) => reused += 1,
+                Err(ImageError::MissingBlob(_)) => {
+                    let dest = staged_blobs.join(digest_hex(&blob.digest)?);
+                    registry.fetch_blob(blob, &dest).await?;
+                    fetched += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(
+            reference = %target.normalised,
+            fetched,
+            reused,
+            "blobs of the image pulled"
+        );
+
+        // The same path as an import from here: commit the blobs, unpack, record.
+        let store = self.clone();
+        let staging_path = staging.path.clone();
+        let normalised = target.normalised.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            let blobs = Blobs {
+                staged: &staging_path,
+                store: &store_blobs,
+            };
+            let (manifest_digest, summary) = store.commit_image(&blobs, &top, &staging_path)?;
+            store.record(vec![(normalised, manifest_digest, summary)])
+        })
+        .await
+        .map_err(|e| io_err("unpack", &staging.path)(io::Error::other(e)))??;
+        drop(staging);
+        drop(lock);
+        summary
+            .into_iter()
+            .next()
+            .ok_or_else(|| ImageError::NotFound(target.normalised.clone()))
+    }
+}
+
+/// Checks a fetched manifest (or index) against the digest (and size) it was asked by, when it
+/// was, and stages it as a blob. Returns its descriptor.
+fn stage_manifest(
+    body: &[u8],
+    staged_blobs: &Path,
+    expected_digest: Option<&str>,
+    expected_size: Option<u64>,
+) -> Result<Descriptor, ImageError> {
+    let digest = sha256_digest(body);
+    if let Some(expected) = expected_digest {
+        digest_hex(expected)?;
+        if expected != digest {
+            return Err(ImageError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: digest,
+            });
+        }
+    }
+    let size = body.len() as u64;
+    if let Some(expected) = expected_size.filter(|expected| *expected != size) {
+        return Err(ImageError::SizeMismatch {
+            digest,
+            expected,
+            actual: size,
+        });
+    }
+    if size > MAX_JSON_BYTES {
+        return Err(ImageError::SizeMismatch {
+            digest,
+            expected: MAX_JSON_BYTES,
+            actual: size,
+        });
+    }
+    let media_type = manifest_media_type(body, &digest)?;
+    let dest = staged_blobs.join(digest_hex(&digest)?);
+    fs::write(&dest, body).map_err(io_err("write", &dest))?;
+    Ok(Descriptor {
+        media_type,
+        digest,
+        size,
+        annotations: BTreeMap::new(),
+        platform: None,
+    })
+}
+
 /// Formats images as `windlass image ls` prints them, like `crictl images`: reference, the first
 /// 13 hex digits of the ID, and a human-readable size.
 pub fn format_table(images: &[ImageSummary]) -> String {
@@ -770,8 +1434,11 @@ pub fn normalize_reference(reference: &str) -> Result<String, ImageError> {
     Ok(out)
 }
 
-/// `name` of a normalised `name[:tag]`.
+/// `name` of a normalised `name[:tag][@digest]`.
 fn repository_of(reference: &str) -> &str {
+    let reference = reference
+        .split_once('@')
+        .map_or(reference, |(name, _)| name);
     let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
     match reference[last_slash..].rfind(':') {
         Some(i) => &reference[..last_slash + i],
@@ -1031,16 +1698,7 @@ impl Blobs<'_> {
                 return Err(unsupported());
             }
             let index: IndexDoc = self.read_json(descriptor, "image index")?;
-            let chosen = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == go_arch())
-                })
-                .or_else(|| index.manifests.iter().find(|m| m.platform.is_none()))
-                .ok_or_else(unsupported)?;
+            let chosen = choose_platform(&index.manifests).ok_or_else(unsupported)?;
             return self.pick_manifest(chosen, depth + 1);
         }
         if !descriptor.media_type.is_empty()
@@ -1256,6 +1914,18 @@ fn unpack_layer(reader: impl Read, dest: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The entry of an image index for this machine: linux/<this arch>, else one with no platform.
+fn choose_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    manifests
+        .iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == go_arch())
+        })
+        .or_else(|| manifests.iter().find(|m| m.platform.is_none()))
 }
 
 /// This machine's architecture in Go's (and OCI's) spelling.
@@ -1769,5 +2439,480 @@ mod tests {
         assert_eq!(human_size(0), "0B");
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(4_260_000), "4.26MB");
+    }
+
+    // ---- pulling ----
+
+    #[test]
+    fn registry_references_are_parsed() {
+        let parse = |r: &str| RegistryReference::parse(r).expect(r);
+        let busybox = parse("busybox");
+        assert_eq!(
+            busybox,
+            RegistryReference {
+                normalised: "docker.io/library/busybox:latest".into(),
+                registry: "docker.io".into(),
+                endpoint: "registry-1.docker.io".into(),
+                repository: "library/busybox".into(),
+                tag: Some("latest".into()),
+                digest: None,
+            }
+        );
+        let local = parse("localhost:5000/x");
+        assert_eq!(
+            (
+                local.registry.as_str(),
+                local.endpoint.as_str(),
+                local.repository.as_str(),
+                local.tag.as_deref()
+            ),
+            ("localhost:5000", "localhost:5000", "x", Some("latest"))
+        );
+        let nested = parse("127.0.0.1:5000/test/busybox:1.0");
+        assert_eq!(nested.endpoint, "127.0.0.1:5000");
+        assert_eq!(nested.repository, "test/busybox");
+        assert_eq!(nested.tag.as_deref(), Some("1.0"));
+        assert_eq!(nested.normalised, "127.0.0.1:5000/test/busybox:1.0");
+
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pinned = parse(&format!("quay.io/org/app@{digest}"));
+        assert_eq!(pinned.repository, "org/app");
+        assert_eq!(pinned.tag, None);
+        assert_eq!(pinned.digest.as_deref(), Some(digest.as_str()));
+        let both = parse(&format!("bitnami/redis:7@{digest}"));
+        assert_eq!(both.endpoint, "registry-1.docker.io");
+        assert_eq!(both.repository, "bitnami/redis");
+        assert_eq!(both.tag.as_deref(), Some("7"));
+        assert_eq!(both.digest.as_deref(), Some(digest.as_str()));
+        let oci = both.oci_reference();
+        assert_eq!(
+            (oci.resolve_registry(), oci.repository(), oci.digest()),
+            (
+                "registry-1.docker.io",
+                "bitnami/redis",
+                Some(digest.as_str())
+            )
+        );
+
+        let v6 = parse("[::1]:5000/x:y");
+        assert_eq!(v6.registry, "[::1]:5000");
+        assert_eq!(host_of(&v6.registry), "::1");
+        assert!(matches!(
+            RegistryReference::parse("Bad/Name"),
+            Err(ImageError::InvalidReference(_))
+        ));
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure_registries() {
+        let allows = |r: &str, insecure: &[&str]| {
+            let insecure: Vec<String> = insecure.iter().map(|s| s.to_string()).collect();
+            RegistryReference::parse(r).expect(r).allows_http(&insecure)
+        };
+        assert!(allows("localhost/x", &[]));
+        assert!(allows("localhost:5000/x", &[]));
+        assert!(allows("127.0.0.1:5000/x", &[]));
+        assert!(allows("[::1]:5000/x", &[]));
+        assert!(!allows("busybox", &[]));
+        assert!(!allows("registry.example:5000/x", &[]));
+        assert!(!allows("10.0.0.1:5000/x", &["10.0.0.1:5001"]));
+        assert!(allows(
+            "registry.example:5000/x",
+            &["registry.example:5000"]
+        ));
+        assert!(allows("registry.example:5000/x", &["registry.example"]));
+    }
+
+    #[test]
+    fn manifest_media_types_are_recognised() {
+        let digest = "sha256:x";
+        for media_type in INDEX_TYPES.iter().chain(&MANIFEST_TYPES) {
+            let body = serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": media_type }))
+                .expect("json");
+            assert_eq!(
+                manifest_media_type(&body, digest).expect(media_type),
+                *media_type
+            );
+        }
+        // OCI documents may leave mediaType out.
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(
+            manifest_media_type(index, digest).expect("index"),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(
+            manifest_media_type(manifest, digest).expect("manifest"),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        for refused in [
+            // Docker v2 schema 1.
+            &br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#[..],
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#,
+            br#"{"schemaVersion":2}"#,
+        ] {
+            assert!(
+                matches!(
+                    manifest_media_type(refused, digest),
+                    Err(ImageError::UnsupportedMediaType { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        assert!(matches!(
+            manifest_media_type(b"<html>", digest),
+            Err(ImageError::InvalidJson { .. })
+        ));
+        for (media_type, gzip) in [
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(true)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(true),
+            ),
+            ("application/vnd.oci.image.layer.v1.tar", Some(false)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", None),
+        ] {
+            assert_eq!(
+                layer_compression(media_type).map(|c| matches!(c, Compression::Gzip)),
+                gzip,
+                "{media_type}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_index_entry_for_this_platform_is_chosen() {
+        let entry = |digest: &str, platform: Option<(&str, &str)>| Descriptor {
+            media_type: MANIFEST_TYPES[0].into(),
+            digest: digest.into(),
+            size: 1,
+            annotations: BTreeMap::new(),
+            platform: platform.map(|(os, architecture)| Platform {
+                os: os.into(),
+                architecture: architecture.into(),
+            }),
+        };
+        let other_arch = if go_arch() == "s390x" {
+            "riscv64"
+        } else {
+            "s390x"
+        };
+        let index = [
+            entry("windows", Some(("windows", go_arch()))),
+            entry("other", Some(("linux", other_arch))),
+            entry("ours", Some(("linux", go_arch()))),
+            entry("any", None),
+        ];
+        assert_eq!(choose_platform(&index).expect("ours").digest, "ours");
+        assert!(choose_platform(&index[..2]).is_none());
+        assert_eq!(
+            choose_platform(&[index[1].clone(), index[3].clone()])
+                .expect("any")
+                .digest,
+            "any"
+        );
+    }
+
+    #[test]
+    fn registry_errors_carry_the_registry_message() {
+        let envelope: oci_client::errors::OciEnvelope = serde_json::from_value(json!({
+            "errors": [{ "code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {} }],
+        }))
+        .expect("envelope");
+        let error = oci_client::errors::OciDistributionError::RegistryError {
+            envelope,
+            url: "http://r/v2/x/manifests/nope".into(),
+        };
+        assert_eq!(
+            describe_registry_error(&error),
+            "MANIFEST_UNKNOWN: manifest unknown (http://r/v2/x/manifests/nope)"
+        );
+        let error = oci_client::errors::OciDistributionError::UnauthorizedError {
+            url: "https://r/v2/x/manifests/1".into(),
+        };
+        assert!(describe_registry_error(&error).contains("401"));
+    }
+
+    /// A registry in this process: `/v2/` asks for a bearer token from `/token` (Docker Hub's
+    /// flow), manifests and blobs are served from a map and need the token.
+    struct FakeRegistry {
+        addr: std::net::SocketAddr,
+        state: std::sync::Arc<FakeState>,
+        _server: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        /// Path under `/v2/` → (content type, body).
+        objects: std::sync::Mutex<BTreeMap<String, (String, Vec<u8>)>>,
+        /// Paths of the blob requests served.
+        blob_requests: std::sync::Mutex<Vec<String>>,
+        /// Scopes tokens were asked for.
+        scopes: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl FakeRegistry {
+        async fn start() -> Self {
+            use axum::http::{StatusCode, header};
+            use axum::response::IntoResponse;
+
+            let state = std::sync::Arc::new(FakeState::default());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let shared = state.clone();
+            let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                let state = shared.clone();
+                async move {
+                    let path = request.uri().path().to_string();
+                    if path == "/token" {
+                        let query = request.uri().query().unwrap_or_default().to_string();
+                        state.scopes.lock().expect("lock").push(query);
+                        return (StatusCode::OK, r#"{"token":"secret-token"}"#).into_response();
+                    }
+                    let authorised = request
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .is_some_and(|v| v == "Bearer secret-token");
+                    if !authorised {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(
+                                header::WWW_AUTHENTICATE,
+                                format!(r#"Bearer realm="http://{addr}/token",service="fake""#),
+                            )],
+                            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                        )
+                            .into_response();
+                    }
+                    let Some(rest) = path.strip_prefix("/v2/") else {
+                        return StatusCode::NOT_FOUND.into_response();
+                    };
+                    if rest.is_empty() {
+                        return (StatusCode::OK, "{}").into_response();
+                    }
+                    if rest.contains("/blobs/") {
+                        state.blob_requests.lock().expect("lock").push(rest.to_string());
+                    }
+                    match state.objects.lock().expect("lock").get(rest) {
+                        Some((content_type, body)) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, content_type.clone())],
+                            body.clone(),
+                        )
+                            .into_response(),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                        )
+                            .into_response(),
+                    }
+                }
+            });
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("serve");
+            });
+            FakeRegistry {
+                addr,
+                state,
+                _server: server,
+            }
+        }
+
+        fn put(&self, path: String, content_type: &str, body: Vec<u8>) {
+            self.state
+                .objects
+                .lock()
+                .expect("lock")
+                .insert(path, (content_type.to_string(), body));
+        }
+
+        /// Serves a Docker manifest list (another platform first, then ours) for
+        /// `team/app:<tag>`, with `layer` as the one layer; returns the config and list digests.
+        fn put_image(&self, tag: &str, layer: &TestLayer, tamper: bool) -> (String, String) {
+            let docker_layer = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+            let config = serde_json::to_vec(&json!({
+                "architecture": go_arch(),
+                "os": "linux",
+                "config": { "Cmd": ["sh"] },
+                "rootfs": { "type": "layers", "diff_ids": [layer.diff_id] },
+            }))
+            .expect("config");
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPES[1],
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": sha(&config),
+                    "size": config.len(),
+                },
+                "layers": [{
+                    "mediaType": docker_layer,
+                    "digest": sha(&layer.blob),
+                    "size": layer.blob.len(),
+                }],
+            }))
+            .expect("manifest");
+            let other_arch = if go_arch() == "s390x" {
+                "riscv64"
+            } else {
+                "s390x"
+            };
+            let list = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": INDEX_TYPES[1],
+                "manifests": [
+                    {
+                        "mediaType": MANIFEST_TYPES[1],
+                        "digest": format!("sha256:{}", "0".repeat(64)),
+                        "size": 10,
+                        "platform": { "os": "linux", "architecture": other_arch },
+                    },
+                    {
+                        "mediaType": MANIFEST_TYPES[1],
+                        "digest": sha(&manifest),
+                        "size": manifest.len(),
+                        "platform": { "os": "linux", "architecture": go_arch() },
+                    },
+                ],
+            }))
+            .expect("list");
+            let mut blob = layer.blob.clone();
+            if tamper {
+                let middle = blob.len() / 2;
+                blob[middle] ^= 0xff;
+            }
+            self.put(
+                format!("team/app/blobs/{}", sha(&layer.blob)),
+                docker_layer,
+                blob,
+            );
+            self.put(
+                format!("team/app/blobs/{}", sha(&config)),
+                "application/octet-stream",
+                config.clone(),
+            );
+            self.put(
+                format!("team/app/manifests/{}", sha(&manifest)),
+                MANIFEST_TYPES[1],
+                manifest,
+            );
+            self.put(
+                format!("team/app/manifests/{}", sha(&list)),
+                INDEX_TYPES[1],
+                list.clone(),
+            );
+            let list_digest = sha(&list);
+            self.put(format!("team/app/manifests/{tag}"), INDEX_TYPES[1], list);
+            (sha(&config), list_digest)
+        }
+
+        fn blob_requests(&self) -> usize {
+            self.state.blob_requests.lock().expect("lock").len()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pull_follows_the_token_flow_and_the_platform_and_reuses_blobs() {
+        let registry = FakeRegistry::start().await;
+        let layer = Layer::new()
+            .dir("bin/", 0o755)
+            .file("bin/hello", 0o755, (0, 0), b"#!/bin/sh\necho hello\n")
+            .gzipped();
+        let (config_digest, list_digest) = registry.put_image("v1", &layer, false);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let reference = format!("{}/team/app:v1", registry.addr);
+
+        let pulled = store.pull(&reference, None).await.expect("pull");
+        assert_eq!(pulled.reference, reference);
+        assert_eq!(pulled.id, config_digest);
+        assert!(
+            registry
+                .state
+                .scopes
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|q| q.contains("repository%3Ateam%2Fapp%3Apull") && q.contains("service=fake")),
+            "a pull token was asked for: {:?}",
+            registry.state.scopes.lock().expect("lock")
+        );
+        assert_eq!(registry.blob_requests(), 2, "config and layer");
+        let image = store.resolve(&reference).expect("resolve");
+        assert_eq!(image.config.cmd, ["sh"]);
+        assert_eq!(
+            fs::read(image.layers[0].join("bin/hello")).expect("hello"),
+            b"#!/bin/sh\necho hello\n"
+        );
+        assert_eq!(store.list().expect("list"), std::slice::from_ref(&pulled));
+        assert!(tmp_is_empty(&store));
+
+        // Again: the manifests are asked for, no blob is fetched, the layer is not unpacked again.
+        let layer_ino = fs::metadata(&image.layers[0]).expect("layer").ino();
+        assert_eq!(
+            store.pull(&reference, None).await.expect("pull again"),
+            pulled
+        );
+        assert_eq!(registry.blob_requests(), 2);
+        assert_eq!(
+            fs::metadata(&image.layers[0]).expect("layer").ino(),
+            layer_ino
+        );
+
+        // By digest, of the platform's manifest or of the list: recorded under the reference as
+        // given and found by it, from blobs already there.
+        for digest in [image.manifest_digest.clone(), list_digest] {
+            let by_digest = format!("{}/team/app@{digest}", registry.addr);
+            let pulled = store.pull(&by_digest, None).await.expect("pull by digest");
+            assert_eq!(pulled.id, config_digest);
+            assert_eq!(
+                store.resolve(&by_digest).expect("resolve by digest").id,
+                config_digest
+            );
+        }
+        assert_eq!(registry.blob_requests(), 2);
+        let pulled = store
+            .list()
+            .expect("list")
+            .into_iter()
+            .find(|i| i.reference == reference)
+            .expect("still listed");
+
+        // A layer that does not match its digest is refused; nothing is recorded.
+        let other = Layer::new()
+            .file("other", 0o644, (0, 0), b"other\n")
+            .gzipped();
+        registry.put_image("bad", &other, true);
+        let err = store
+            .pull(&format!("{}/team/app:bad", registry.addr), None)
+            .await
+            .expect_err("tampered layer");
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
+
+        // A missing tag: the registry's message.
+        let err = store
+            .pull(&format!("{}/team/app:nope", registry.addr), None)
+            .await
+            .expect_err("missing tag");
+        let message = err.to_string();
+        assert!(
+            message.contains("MANIFEST_UNKNOWN: manifest unknown")
+                && message.contains("team/app:nope"),
+            "{message}"
+        );
+
+        // The store is as it was.
+        assert_eq!(store.list().expect("list").len(), 3);
+        assert!(store.list().expect("list").contains(&pulled));
+        assert!(tmp_is_empty(&store));
+        assert_eq!(
+            fs::read_dir(store.root().join("layers"))
+                .expect("layers")
+                .count(),
+            1
+        );
     }
 }

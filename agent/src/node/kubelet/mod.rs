@@ -9,12 +9,17 @@
 
 pub mod backoff;
 pub mod cgroups;
+pub mod dir_watch;
 pub mod env;
+pub mod events;
 pub mod images;
 pub mod node_status;
 pub mod pod_worker;
 pub mod probes;
+pub mod quantity;
 pub mod runtime;
+pub mod server;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 
@@ -31,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 use self::pod_worker::{Adopted, WorkerContext, WorkerHandle, WorkerMessage};
 use self::runtime::cni::NetworkConfig;
+use self::runtime::cri::{CriOptions, CriRuntime};
 use self::runtime::oci::{OciOptions, OciRuntime};
 use self::runtime::{Runtime, RuntimeEvent};
 
@@ -65,6 +71,29 @@ pub struct KubeletOptions {
     pub backoff_base: Duration,
     /// `--pod-max-pids`.
     pub pids_limit: Option<i64>,
+    /// `--manifest-dir`: static pod manifests, run with or without an API server.
+    pub manifest_dir: Option<PathBuf>,
+    /// `--runtime`: which container runtime runs the pods.
+    pub runtime: RuntimeChoice,
+    /// `--kubelet-port`: the kubelet HTTPS server's port (10250); 0 serves nothing.
+    pub kubelet_port: u16,
+    /// The CA certificates (DER) whose client certificates the kubelet server accepts: the
+    /// cluster CA from the kubeconfig's certificate-authority-data.
+    pub client_ca: Vec<Vec<u8>>,
+}
+
+/// Which container runtime the kubelet drives (`windlass agent --runtime`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// runc under `windlass-shim` ([`runtime::oci`]).
+    #[default]
+    Oci,
+    /// containerd's CRI plugin over its socket ([`runtime::cri`]); containerd does CNI itself
+    /// from the conf dir the kubelet writes the conflist into (`cni_conf_dir`).
+    Cri {
+        /// The CRI socket (`/run/containerd/containerd.sock`).
+        endpoint: PathBuf,
+    },
 }
 
 /// Errors that stop the kubelet.
@@ -123,19 +152,33 @@ pub async fn run(
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper");
     }
-    let runtime = OciRuntime::new(OciOptions {
-        data_dir: options.data_dir.clone(),
-        runc: options.runc.clone(),
-        runc_root: options.runc_root.clone(),
-        shim: options.shim.clone(),
-        log_max_bytes: 10 * 1024 * 1024,
-        log_max_files: 5,
-    })?;
-    let adopted_shims = runtime.adopt()?;
+    // --- runtime choice: oci (runc under windlass-shim) or cri (containerd) ---
+    let (runtime, adopted_shims): (Arc<dyn Runtime>, usize) = match &options.runtime {
+        RuntimeChoice::Oci => {
+            let runtime = OciRuntime::new(OciOptions {
+                data_dir: options.data_dir.clone(),
+                runc: options.runc.clone(),
+                runc_root: options.runc_root.clone(),
+                shim: options.shim.clone(),
+                log_max_bytes: 10 * 1024 * 1024,
+                log_max_files: 5,
+            })?;
+            let adopted_shims = runtime.adopt()?;
+            (runtime, adopted_shims)
+        }
+        RuntimeChoice::Cri { endpoint } => {
+            let runtime = CriRuntime::connect(CriOptions {
+                endpoint: endpoint.clone(),
+            })
+            .await?;
+            (runtime, 0)
+        }
+    };
     let runtime_version = runtime
         .version()
         .await
         .unwrap_or_else(|_| "runc://unknown".into());
+    // --- end runtime choice ---
     let cgroups: Arc<dyn cgroups::Cgroups> = Arc::from(cgroups::detect(
         &options.cgroup_root,
         &options.cgroup_mount,
@@ -147,24 +190,26 @@ pub async fn run(
         node_ip.clone(),
         &options.data_dir,
         &runtime_version,
-    );
-    let node = node_status::register(&client, &facts)
-        .await
-        .map_err(|source| KubeletError::Register {
-            node: options.node_name.clone(),
-            source,
-        })?;
-    let (network_tx, network_rx) = watch::channel(network_for(&options, &node));
-    tokio::spawn(node_status::renew_lease(
-        client.clone(),
-        options.node_name.clone(),
-    ));
-    tokio::spawn(node_loop(
-        client.clone(),
-        facts.clone(),
-        options.clone(),
-        network_tx,
-    ));
+    )
+    .with_kubelet_port(options.kubelet_port);
+    // The API side (registration, lease, node status, the pod watch) starts once the API server
+    // answers; static pods from the manifest dir run before that, and without it.
+    let (network_tx, network_rx) = watch::channel(None);
+    let mut network_tx = Some(network_tx);
+    // --- kubelet HTTPS server (server.rs): /healthz, /pods, /containerLogs ---
+    if options.kubelet_port != 0 {
+        tokio::spawn(server::run(
+            server::ServerOptions {
+                node_name: options.node_name.clone(),
+                node_ip: node_ip.clone(),
+                port: options.kubelet_port,
+                pod_log_dir: options.pod_log_dir.clone(),
+                client_ca: options.client_ca.clone(),
+            },
+            server::watch_pods(client.clone(), &options.node_name),
+        ));
+    }
+    // --- end kubelet HTTPS server ---
     let runtime: Arc<dyn Runtime> = runtime;
     let ctx = Arc::new(WorkerContext {
         client: client.clone(),
@@ -184,6 +229,7 @@ pub async fn run(
         },
         pod_log_dir: options.pod_log_dir.clone(),
         pids_limit: options.pids_limit,
+        events: events::EventRecorder::start(client.clone(), options.node_name.clone()),
     });
     tracing::info!(node = %options.node_name, adopted_shims, runtime = %runtime_version, "kubelet started");
 
@@ -201,15 +247,35 @@ pub async fn run(
             .push(container);
     }
 
-    let pods: Api<Pod> = Api::all(client.clone());
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", options.node_name));
-    let mut stream = watcher(pods, config).boxed();
+    let mut pods = Pods {
+        ctx: Arc::clone(&ctx),
+        workers: HashMap::new(),
+        finished: HashSet::new(),
+        on_disk,
+        done: mpsc::unbounded_channel(),
+        statics: HashMap::new(),
+        mirrors: HashMap::new(),
+        node: options.node_name.clone(),
+        node_uid: None,
+    };
+    let manifest_watch = options
+        .manifest_dir
+        .as_deref()
+        .and_then(dir_watch::DirWatch::new);
+    if let Some(dir) = &options.manifest_dir {
+        pods.sync_static(dir).await;
+    }
+
+    let mut registration = std::pin::pin!(register_until_done(client.clone(), facts.clone()));
+    let mut registered = false;
+    let mut stream: futures::stream::BoxStream<
+        'static,
+        Result<watcher::Event<Pod>, watcher::Error>,
+    > = futures::stream::pending().boxed();
     let mut events = runtime.subscribe();
-    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut finished: HashSet<String> = HashSet::new();
     let mut listed: HashSet<String> = HashSet::new();
     let mut first_list = true;
+    let mut mirror_retry = tokio::time::interval(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -217,19 +283,44 @@ pub async fn run(
                 tracing::info!("kubelet stopping; pods keep running");
                 return Ok(());
             }
-            Some(uid) = done_rx.recv() => {
-                workers.remove(&uid);
-                finished.insert(uid);
+            node = &mut registration, if !registered => {
+                registered = true;
+                pods.node_uid = node.metadata.uid.clone();
+                let network = network_for(&options, &node);
+                // node_loop writes the conflist only when the podCIDR changes, and a node that
+                // already has one (a restart, a new containerd) must still find it.
+                if let (Some(dir), Some(network)) = (&options.cni_conf_dir, network.as_ref()) {
+                    write_conflist(dir, network);
+                }
+                if let Some(tx) = network_tx.take() {
+                    tx.send_replace(network);
+                    tokio::spawn(node_loop(client.clone(), facts.clone(), options.clone(), tx));
+                }
+                tokio::spawn(node_status::renew_lease(client.clone(), options.node_name.clone()));
+                let api: Api<Pod> = Api::all(client.clone());
+                let config = watcher::Config::default()
+                    .fields(&format!("spec.nodeName={}", options.node_name));
+                stream = watcher(api, config).boxed();
             }
+            Some(uid) = pods.done.1.recv() => {
+                pods.workers.remove(&uid);
+                pods.finished.insert(uid);
+            }
+            _ = dir_watch::changed(manifest_watch.as_ref()), if manifest_watch.is_some() => {
+                if let Some(dir) = &options.manifest_dir {
+                    pods.sync_static(dir).await;
+                }
+            }
+            _ = mirror_retry.tick(), if registered => pods.ensure_mirrors().await,
             event = events.recv() => match event {
                 Ok(RuntimeEvent::ContainerExited { pod_uid, container_id }) => {
-                    if let Some(w) = workers.get(&pod_uid) {
+                    if let Some(w) = pods.workers.get(&pod_uid) {
                         let _ = w.tx.send(WorkerMessage::ContainerExited(container_id));
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "missed container events; resyncing every pod");
-                    for w in workers.values() {
+                    for w in pods.workers.values() {
                         let _ = w.tx.send(WorkerMessage::ContainerExited(String::new()));
                     }
                 }
@@ -248,50 +339,41 @@ pub async fn run(
                 match event {
                     watcher::Event::Init => listed.clear(),
                     watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                        let Some(uid) = pod.metadata.uid.clone() else { continue };
-                        listed.insert(uid.clone());
-                        if finished.contains(&uid) {
+                        if static_pods::is_mirror(&pod) {
+                            pods.mirror_seen(pod).await;
                             continue;
                         }
-                        let pod = Arc::new(pod);
-                        match workers.get(&uid) {
-                            Some(w) => { let _ = w.tx.send(WorkerMessage::Update(pod)); }
-                            None => {
-                                let adopted = on_disk.remove(&uid).unwrap_or_default();
-                                let handle = pod_worker::spawn(Arc::clone(&ctx), pod, adopted);
-                                let done = done_tx.clone();
-                                let uid2 = uid.clone();
-                                let tx = handle.tx.clone();
-                                let task = tokio::spawn(async move {
-                                    let _ = handle.task.await;
-                                    let _ = done.send(uid2);
-                                });
-                                workers.insert(uid, WorkerHandle { tx, task });
-                            }
-                        }
+                        let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        listed.insert(uid.clone());
+                        pods.apply(uid, Arc::new(pod));
                     }
                     watcher::Event::Delete(pod) => {
+                        if static_pods::is_mirror(&pod) {
+                            pods.mirror_gone(&pod);
+                            continue;
+                        }
                         if let Some(uid) = pod.metadata.uid.as_deref()
-                            && let Some(w) = workers.get(uid)
+                            && let Some(w) = pods.workers.get(uid)
                         {
                             let _ = w.tx.send(WorkerMessage::Deleted);
                         }
                     }
                     watcher::Event::InitDone => {
-                        for (uid, w) in &workers {
-                            if !listed.contains(uid) {
+                        for (uid, w) in &pods.workers {
+                            if !listed.contains(uid) && !pods.statics.contains_key(uid) {
                                 let _ = w.tx.send(WorkerMessage::Deleted);
                             }
                         }
+                        pods.ensure_mirrors().await;
                         if first_list {
                             first_list = false;
-                            let orphans: Vec<(String, Adopted)> = on_disk.drain().collect();
+                            let orphans: Vec<(String, Adopted)> = pods.on_disk.drain().collect();
                             for (uid, adopted) in orphans {
                                 remove_orphan(&ctx, &uid, adopted).await;
                             }
-                            if let Ok(pods) = cgroups.list_pods() {
-                                for (qos, uid) in pods {
-                                    if !listed.contains(&uid) && !workers.contains_key(&uid) {
+                            if let Ok(list) = cgroups.list_pods() {
+                                for (qos, uid) in list {
+                                    if !listed.contains(&uid) && !pods.workers.contains_key(&uid) {
                                         let _ = cgroups.remove_pod(qos, &uid);
                                         let _ = ctx.volumes.teardown(&uid);
                                     }
@@ -302,6 +384,211 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Registers the Node, retrying until the API server answers.
+async fn register_until_done(client: Client, facts: node_status::NodeFacts) -> Node {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match node_status::register(&client, &facts).await {
+            Ok(node) => return node,
+            Err(e) => {
+                tracing::warn!(node = %facts.name, error = %e, "cannot register the node yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The pod workers, by pod uid (a static pod's uid is its hash), and the static pods' mirrors.
+struct Pods {
+    ctx: Arc<WorkerContext>,
+    workers: HashMap<String, WorkerHandle>,
+    /// Pods whose worker ended (removed); a late event must not start them again.
+    finished: HashSet<String>,
+    on_disk: HashMap<String, Adopted>,
+    done: (
+        mpsc::UnboundedSender<String>,
+        mpsc::UnboundedReceiver<String>,
+    ),
+    /// Static pods by hash.
+    statics: HashMap<String, static_pods::StaticPod>,
+    /// Mirror pod uid by static pod hash.
+    mirrors: HashMap<String, String>,
+    node: String,
+    node_uid: Option<String>,
+}
+
+impl Pods {
+    /// Starts a worker for a pod, or hands it the newer object.
+    fn apply(&mut self, uid: String, pod: Arc<Pod>) {
+        if self.finished.contains(&uid) {
+            return;
+        }
+        match self.workers.get(&uid) {
+            Some(w) => {
+                let _ = w.tx.send(WorkerMessage::Update(pod));
+            }
+            None => {
+                let adopted = self.on_disk.remove(&uid).unwrap_or_default();
+                let handle = pod_worker::spawn(Arc::clone(&self.ctx), pod, adopted);
+                let done = self.done.0.clone();
+                let key = uid.clone();
+                let tx = handle.tx.clone();
+                let task = tokio::spawn(async move {
+                    let _ = handle.task.await;
+                    let _ = done.send(key);
+                });
+                self.workers.insert(uid, WorkerHandle { tx, task });
+            }
+        }
+    }
+
+    /// Re-reads the manifest dir: new manifests start, removed or edited ones stop.
+    async fn sync_static(&mut self, dir: &std::path::Path) {
+        let (found, errors) = static_pods::read_dir(dir, &self.node);
+        for e in errors {
+            tracing::warn!(error = %e, "skipping a static pod manifest");
+        }
+        let wanted: HashMap<String, static_pods::StaticPod> = found
+            .into_iter()
+            .map(|p| (p.hash().to_string(), p))
+            .collect();
+        let gone: Vec<String> = self
+            .statics
+            .keys()
+            .filter(|h| !wanted.contains_key(*h))
+            .cloned()
+            .collect();
+        for hash in gone {
+            self.statics.remove(&hash);
+            tracing::info!(pod_uid = %hash, "static pod manifest removed; stopping the pod");
+            if let Some(w) = self.workers.get(&hash) {
+                let _ = w.tx.send(WorkerMessage::Deleted);
+            }
+        }
+        for (hash, pod) in wanted {
+            if self.statics.contains_key(&hash) {
+                continue;
+            }
+            tracing::info!(pod = ?pod.pod.metadata.name, path = %pod.path.display(), "static pod");
+            self.finished.remove(&hash);
+            self.apply(hash.clone(), Arc::new(pod.pod.clone()));
+            if let Some(uid) = self.mirrors.get(&hash)
+                && let Some(w) = self.workers.get(&hash)
+            {
+                let _ = w.tx.send(WorkerMessage::Mirror(Some(uid.clone())));
+            }
+            self.statics.insert(hash, pod);
+        }
+        self.ensure_mirrors().await;
+    }
+
+    /// Creates the mirror pods that are missing (the API server may not have answered before).
+    async fn ensure_mirrors(&mut self) {
+        if self.node_uid.is_none() {
+            return;
+        }
+        let missing: Vec<String> = self
+            .statics
+            .keys()
+            .filter(|h| !self.mirrors.contains_key(*h))
+            .cloned()
+            .collect();
+        for hash in missing {
+            let Some(static_pod) = self.statics.get(&hash) else {
+                continue;
+            };
+            let mirror = static_pods::mirror(static_pod, &self.node, self.node_uid.as_deref());
+            let namespace = mirror.metadata.namespace.clone().unwrap_or_default();
+            let name = mirror.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &namespace);
+            match api.create(&Default::default(), &mirror).await {
+                Ok(created) => {
+                    if let Some(uid) = created.metadata.uid {
+                        self.mirror_known(&hash, uid);
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // A mirror of an older version of this manifest (or of nothing) holds the
+                    // name: it goes, and the next round creates ours.
+                    if let Ok(existing) = api.get(&name).await {
+                        if static_pods::mirror_hash(&existing) == Some(hash.as_str()) {
+                            if let Some(uid) = existing.metadata.uid {
+                                self.mirror_known(&hash, uid);
+                            }
+                        } else {
+                            delete_now(&api, &existing).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "cannot create the mirror pod; retrying")
+                }
+            }
+        }
+    }
+
+    fn mirror_known(&mut self, hash: &str, uid: String) {
+        if self.mirrors.get(hash) != Some(&uid) {
+            if let Some(w) = self.workers.get(hash) {
+                let _ = w.tx.send(WorkerMessage::Mirror(Some(uid.clone())));
+            }
+            self.mirrors.insert(hash.to_string(), uid);
+        }
+    }
+
+    /// A mirror pod event: ours is recorded; one for no current manifest is deleted; a mirror
+    /// someone deleted is created again (kubelet's behaviour).
+    async fn mirror_seen(&mut self, pod: Pod) {
+        let Some(hash) = static_pods::mirror_hash(&pod).map(str::to_string) else {
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        if !self.statics.contains_key(&hash) || pod.metadata.deletion_timestamp.is_some() {
+            if !self.statics.contains_key(&hash) && self.workers.contains_key(&hash) {
+                // Its static pod is still stopping; the worker removes the mirror at the end.
+                return;
+            }
+            delete_now(&api, &pod).await;
+            self.mirrors.remove(&hash);
+            return;
+        }
+        if let Some(uid) = pod.metadata.uid {
+            self.mirror_known(&hash, uid);
+        }
+    }
+
+    fn mirror_gone(&mut self, pod: &Pod) {
+        if let Some(hash) = static_pods::mirror_hash(pod)
+            && self.mirrors.get(hash) == pod.metadata.uid.as_ref()
+        {
+            self.mirrors.remove(hash);
+            if let Some(w) = self.workers.get(hash) {
+                let _ = w.tx.send(WorkerMessage::Mirror(None));
+            }
+        }
+    }
+}
+
+/// Deletes a pod object at once (grace 0, this uid only).
+async fn delete_now(api: &Api<Pod>, pod: &Pod) {
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if let Err(e) = api.delete(&name, &params).await {
+        tracing::debug!(pod = %name, error = %e, "cannot delete a mirror pod");
     }
 }
 

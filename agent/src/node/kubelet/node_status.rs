@@ -7,7 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -38,6 +41,54 @@ pub struct NodeFacts {
     pub capacity: NodeResources,
     /// nodeInfo.
     pub info: NodeSystemInfo,
+    /// The kubelet HTTPS server's port, published as `status.daemonEndpoints`; 0 when none.
+    pub kubelet_port: u16,
+    /// The data dir, whose filesystem is the node's nodefs for DiskPressure.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The node's pressure conditions against kubelet's hard eviction thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// memory.available < 100Mi.
+    pub memory: bool,
+    /// nodefs.available < 10% or nodefs.inodesFree < 5%.
+    pub disk: bool,
+    /// Fewer than 5% of kernel.pid_max left.
+    pub pid: bool,
+}
+
+impl Pressure {
+    /// Reads /proc/meminfo, the data dir's filesystem and the process count now.
+    pub fn read(data_dir: &Path) -> Pressure {
+        let memory = meminfo_field("MemAvailable:").is_some_and(|a| a < 100 * 1024 * 1024);
+        let disk = nix::sys::statvfs::statvfs(data_dir).is_ok_and(|s| {
+            let blocks_low = s.blocks() > 0 && s.blocks_available() * 10 < s.blocks();
+            let inodes_low = s.files() > 0 && s.files_available() * 20 < s.files();
+            blocks_low || inodes_low
+        });
+        let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        let processes = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        Pressure {
+            memory,
+            disk,
+            pid: processes.saturating_mul(20) > pid_max.saturating_mul(19),
+        }
+    }
 }
 
 impl NodeFacts {
@@ -93,7 +144,15 @@ impl NodeFacts {
                 system_uuid: read("/sys/class/dmi/id/product_uuid"),
                 ..Default::default()
             },
+            kubelet_port: 0,
+            data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    /// Publishes the kubelet server's port in `status.daemonEndpoints.kubeletEndpoint`.
+    pub fn with_kubelet_port(mut self, port: u16) -> Self {
+        self.kubelet_port = port;
+        self
     }
 
     fn resources(&self) -> BTreeMap<String, Quantity> {
@@ -115,7 +174,7 @@ impl NodeFacts {
     }
 
     /// The status to write; conditions keep their transition times while unchanged.
-    pub fn status(&self, old: Option<&NodeStatus>, ready: bool) -> NodeStatus {
+    pub fn status(&self, old: Option<&NodeStatus>, ready: bool, pressure: Pressure) -> NodeStatus {
         let now = Time(
             jiff::Timestamp::now()
                 .round(jiff::Unit::Second)
@@ -154,25 +213,57 @@ impl NodeFacts {
             allocatable: Some(self.resources()),
             addresses: Some(addresses),
             node_info: Some(self.info.clone()),
+            daemon_endpoints: (self.kubelet_port != 0).then(|| NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.kubelet_port),
+                }),
+            }),
             conditions: Some(vec![
-                cond(
-                    "MemoryPressure",
-                    false,
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                cond(
-                    "DiskPressure",
-                    false,
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                cond(
-                    "PIDPressure",
-                    false,
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
+                if pressure.memory {
+                    cond(
+                        "MemoryPressure",
+                        true,
+                        "KubeletHasInsufficientMemory",
+                        "kubelet has insufficient memory available",
+                    )
+                } else {
+                    cond(
+                        "MemoryPressure",
+                        false,
+                        "KubeletHasSufficientMemory",
+                        "kubelet has sufficient memory available",
+                    )
+                },
+                if pressure.disk {
+                    cond(
+                        "DiskPressure",
+                        true,
+                        "KubeletHasDiskPressure",
+                        "kubelet has disk pressure",
+                    )
+                } else {
+                    cond(
+                        "DiskPressure",
+                        false,
+                        "KubeletHasNoDiskPressure",
+                        "kubelet has no disk pressure",
+                    )
+                },
+                if pressure.pid {
+                    cond(
+                        "PIDPressure",
+                        true,
+                        "KubeletHasInsufficientPID",
+                        "kubelet has insufficient PID available",
+                    )
+                } else {
+                    cond(
+                        "PIDPressure",
+                        false,
+                        "KubeletHasSufficientPID",
+                        "kubelet has sufficient PID available",
+                    )
+                },
                 if ready {
                     cond(
                         "Ready",
@@ -195,8 +286,13 @@ impl NodeFacts {
 }
 
 fn meminfo_total() -> Option<u64> {
+    meminfo_field("MemTotal:")
+}
+
+/// A `/proc/meminfo` field in bytes.
+fn meminfo_field(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -240,7 +336,7 @@ pub async fn patch_status(
     ready: bool,
 ) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let status = facts.status(old, ready);
+    let status = facts.status(old, ready, Pressure::read(&facts.data_dir));
     api.patch_status(
         &facts.name,
         &PatchParams::default(),
@@ -263,16 +359,17 @@ pub async fn renew_lease(client: Client, node: String) {
             renew_time: Some(now),
             ..Default::default()
         };
-        let result = match api.get_opt(&node).await {
-            Ok(Some(_)) => api
-                .patch(
-                    &node,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": spec})),
-                )
-                .await
-                .map(|_| ()),
-            Ok(None) => api
+        // One request per renewal: patch, and create only when the Lease is not there yet.
+        let result = match api
+            .patch(
+                &node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => api
                 .create(
                     &PostParams::default(),
                     &Lease {
@@ -291,5 +388,79 @@ pub async fn renew_lease(client: Client, node: String) {
         if let Err(e) = result {
             tracing::warn!(node = %node, error = %e, "cannot renew the node lease");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            name: "n1".into(),
+            ip: Some("192.0.2.1".into()),
+            hostname: "n1".into(),
+            capacity: NodeResources {
+                cpu_millis: 2000,
+                memory_bytes: 4 << 30,
+                ephemeral_bytes: 10 << 30,
+            },
+            info: NodeSystemInfo::default(),
+            kubelet_port: 10250,
+            data_dir: "/".into(),
+        }
+    }
+
+    fn condition<'a>(status: &'a NodeStatus, kind: &str) -> &'a NodeCondition {
+        status
+            .conditions
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.type_ == kind))
+            .expect("condition")
+    }
+
+    #[test]
+    fn pressure_and_readiness_become_conditions_and_keep_transition_times() {
+        let f = facts();
+        let calm = f.status(None, true, Pressure::default());
+        assert_eq!(condition(&calm, "Ready").status, "True");
+        assert_eq!(condition(&calm, "MemoryPressure").status, "False");
+        assert_eq!(
+            calm.capacity.as_ref().and_then(|c| c.get("cpu")),
+            Some(&Quantity("2".into()))
+        );
+        assert_eq!(
+            calm.daemon_endpoints
+                .as_ref()
+                .and_then(|d| d.kubelet_endpoint.as_ref())
+                .map(|e| e.port),
+            Some(10250)
+        );
+        let mut old = calm.clone();
+        let past = Time(jiff::Timestamp::UNIX_EPOCH);
+        for c in old.conditions.iter_mut().flatten() {
+            c.last_transition_time = Some(past.clone());
+        }
+        let pressed = f.status(
+            Some(&old),
+            true,
+            Pressure {
+                memory: true,
+                ..Default::default()
+            },
+        );
+        let memory = condition(&pressed, "MemoryPressure");
+        assert_eq!(memory.status, "True");
+        assert_ne!(memory.last_transition_time, Some(past.clone()));
+        assert_eq!(
+            condition(&pressed, "Ready").last_transition_time,
+            Some(past),
+            "an unchanged condition keeps its transition time"
+        );
+        let not_ready = f.status(None, false, Pressure::default());
+        assert_eq!(
+            condition(&not_ready, "Ready").reason.as_deref(),
+            Some("KubeletNotReady")
+        );
     }
 }

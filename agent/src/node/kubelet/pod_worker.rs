@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::backoff::Backoff;
 use super::cgroups::{self, Cgroups, QosClass};
 use super::env::{NodeResources, ObjectSource};
+use super::events::{EventRecorder, EventType, container_field};
 use super::probes::{self, ProbeEvent, ProbeKind, Target};
 use super::runtime::cni::NetworkConfig;
 use super::runtime::{
@@ -55,6 +56,8 @@ pub struct WorkerContext {
     pub pod_log_dir: PathBuf,
     /// kubelet's `--pod-max-pids`.
     pub pids_limit: Option<i64>,
+    /// Pod events.
+    pub events: EventRecorder,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -73,8 +76,10 @@ pub enum WorkerMessage {
     Update(Arc<Pod>),
     /// The pod is gone from the API server.
     Deleted,
-    /// A container of this pod exited.
+    /// A container of this pod exited (an empty id: re-read every container).
     ContainerExited(String),
+    /// The uid of this static pod's mirror pod in the API, or `None` when it is gone.
+    Mirror(Option<String>),
 }
 
 /// A running pod worker.
@@ -159,6 +164,10 @@ struct Worker {
     probe_tx: mpsc::Sender<ProbeEvent>,
     probe_rx: Option<mpsc::Receiver<ProbeEvent>>,
     volumes_synced: Instant,
+    /// A static pod (from the manifest dir) shows its status on a mirror pod instead.
+    is_static: bool,
+    /// The mirror pod's uid, once it exists.
+    mirror_uid: Option<String>,
 }
 
 fn meta(pod: &Pod) -> (String, String, String) {
@@ -220,6 +229,11 @@ impl Worker {
             .map(|t| t.0.to_string())
             .unwrap_or_else(super::runtime::now_rfc3339);
         let (probe_tx, probe_rx) = mpsc::channel(64);
+        let is_static = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(super::static_pods::CONFIG_SOURCE));
         Worker {
             cgroup_ready: false,
             volumes: None,
@@ -239,6 +253,8 @@ impl Worker {
             probe_tx,
             probe_rx: Some(probe_rx),
             volumes_synced: Instant::now(),
+            is_static,
+            mirror_uid: None,
         }
     }
 
@@ -263,7 +279,11 @@ impl Worker {
                 return;
             }
             self.retry_at = None;
-            if let Err(message) = self.sync().await {
+            let synced = match self.sync().await {
+                Ok(()) => self.release_network_if_finished().await,
+                Err(e) => Err(e),
+            };
+            if let Err(message) = synced {
                 tracing::warn!(pod = %self.name, namespace = %self.namespace, error = %message, "pod sync failed; retrying");
                 self.retry_at = Some(Instant::now() + Duration::from_secs(2));
             }
@@ -281,6 +301,12 @@ impl Worker {
             tokio::select! {
                 message = rx.recv() => match message {
                     Some(WorkerMessage::Update(pod)) => self.pod = pod,
+                    Some(WorkerMessage::Mirror(uid)) => {
+                        if uid != self.mirror_uid {
+                            self.mirror_uid = uid;
+                            self.last_status = None;
+                        }
+                    }
                     Some(WorkerMessage::Deleted) | None => self.deleted = true,
                     Some(WorkerMessage::ContainerExited(id)) => self.refresh(&id).await,
                 },
@@ -294,6 +320,17 @@ impl Worker {
     }
 
     async fn refresh(&mut self, id: &str) {
+        if id.is_empty() {
+            let ids: Vec<String> = self
+                .tracks
+                .iter()
+                .filter_map(|t| t.current_id().map(str::to_string))
+                .collect();
+            for id in ids {
+                Box::pin(self.refresh(&id)).await;
+            }
+            return;
+        }
         let status = self.ctx.runtime.container_status(id).await;
         for track in &mut self.tracks {
             if track.current_id() == Some(id) {
@@ -411,6 +448,40 @@ impl Worker {
         Ok(())
     }
 
+    /// A pod that finished (Succeeded or Failed) keeps its containers for their status and
+    /// logs, but gives its network back, as kubelet stops the sandbox of terminal pods.
+    async fn release_network_if_finished(&mut self) -> Result<(), String> {
+        let phase = status::phase(&self.pod, &self.view());
+        if (phase == "Succeeded" || phase == "Failed")
+            && let Some(sandbox) = self.sandbox.as_mut()
+            && !sandbox.stopped
+        {
+            self.ctx
+                .runtime
+                .stop_pod_sandbox(&sandbox.id)
+                .await
+                .map_err(|e| format!("cannot stop the sandbox of a finished pod: {e}"))?;
+            sandbox.stopped = true;
+        }
+        Ok(())
+    }
+
+    fn event(
+        &self,
+        container: Option<(&str, bool)>,
+        kind: EventType,
+        reason: &'static str,
+        message: String,
+    ) {
+        self.ctx.events.pod(
+            &self.pod,
+            container.and_then(|(name, init)| container_field(name, init)),
+            kind,
+            reason,
+            message,
+        );
+    }
+
     fn restart_policy(&self) -> String {
         self.pod
             .spec
@@ -440,6 +511,14 @@ impl Worker {
             track.backoff_step = step;
             track.next_start = Some(now + delay);
             if !delay.is_zero() {
+                let (name, init) = (track.name.clone(), track.init);
+                self.ctx.events.pod(
+                    &self.pod,
+                    container_field(&name, init),
+                    EventType::Warning,
+                    "BackOff",
+                    format!("Back-off restarting failed container {name} in pod {pod_desc}"),
+                );
                 track.waiting = Some((
                     "CrashLoopBackOff".into(),
                     format!(
@@ -472,6 +551,16 @@ impl Worker {
             host_pid: spec.host_pid.unwrap_or(false),
             cgroup_parent: self.ctx.cgroups.pod_path(self.qos, &self.uid),
             log_directory: self.log_dir(),
+            privileged: spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .any(|c| {
+                    c.security_context
+                        .as_ref()
+                        .and_then(|s| s.privileged)
+                        .unwrap_or(false)
+                }),
         };
         self.ctx
             .runtime
@@ -585,12 +674,18 @@ impl Worker {
         let config = match self.container_config(&spec, attempt).await {
             Ok(config) => config,
             Err((reason, message)) => {
+                self.event(
+                    Some((&name, init)),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {message}"),
+                );
                 self.tracks[i].waiting = Some((reason, message));
                 self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 return;
             }
         };
-        if let Err((reason, message)) = self.ensure_image(&spec).await {
+        if let Err((reason, message)) = self.ensure_image(&spec, init).await {
             let track = &mut self.tracks[i];
             // The first failure shows ErrImagePull, later ones ImagePullBackOff, as kubelet does.
             let reason = match &track.waiting {
@@ -614,12 +709,38 @@ impl Worker {
                 return;
             }
             Err(e) => {
+                self.event(
+                    Some((&name, init)),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 self.tracks[i].waiting = Some(("CreateContainerError".into(), e.to_string()));
                 self.retry_at = Some(Instant::now() + Duration::from_secs(5));
                 return;
             }
         };
+        self.event(
+            Some((&name, init)),
+            EventType::Normal,
+            "Created",
+            format!("Created container: {name}"),
+        );
         let started = self.ctx.runtime.start_container(&id).await;
+        match &started {
+            Ok(()) => self.event(
+                Some((&name, init)),
+                EventType::Normal,
+                "Started",
+                format!("Started container {name}"),
+            ),
+            Err(e) => self.event(
+                Some((&name, init)),
+                EventType::Warning,
+                "Failed",
+                format!("Error: {e}"),
+            ),
+        }
         let status = self.ctx.runtime.container_status(&id).await.ok();
         let track = &mut self.tracks[i];
         if let Some(previous) = track.current.take() {
@@ -649,7 +770,38 @@ impl Worker {
     }
 
     /// Applies the container's imagePullPolicy; `Err((reason, message))` for the waiting state.
-    async fn ensure_image(&self, spec: &Container) -> Result<(), (String, String)> {
+    async fn ensure_image(&self, spec: &Container, init: bool) -> Result<(), (String, String)> {
+        let result = self.ensure_image_quietly(spec).await;
+        let who = Some((spec.name.as_str(), init));
+        let image = spec.image.clone().unwrap_or_default();
+        match &result {
+            Ok(None) => self.event(
+                who,
+                EventType::Normal,
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            ),
+            Ok(Some(took)) => self.event(
+                who,
+                EventType::Normal,
+                "Pulled",
+                format!("Successfully pulled image \"{image}\" in {took:?}"),
+            ),
+            Err((_, message)) => self.event(
+                who,
+                EventType::Warning,
+                "Failed",
+                format!("Failed to pull image \"{image}\": {message}"),
+            ),
+        }
+        result.map(|_| ())
+    }
+
+    /// `Ok(None)` when no pull was needed, `Ok(Some(time taken))` after a pull.
+    async fn ensure_image_quietly(
+        &self,
+        spec: &Container,
+    ) -> Result<Option<Duration>, (String, String)> {
         let image = spec.image.clone().unwrap_or_default();
         let policy = pull_policy(&image, spec.image_pull_policy.as_deref());
         let present = self
@@ -663,9 +815,7 @@ impl Worker {
             PullPolicy::Never if !present => {
                 return Err((
                     "ErrImageNeverPull".into(),
-                    format!(
-                        "Container image \"{image}\" is not present with pull policy of Never"
-                    ),
+                    format!("Container image \"{image}\" is not present with pull policy of Never"),
                 ));
             }
             PullPolicy::Never => false,
@@ -673,11 +823,11 @@ impl Worker {
             PullPolicy::Always => true,
         };
         if !must_pull {
-            return Ok(());
+            return Ok(None);
         }
         if is_node_local(&image) {
             return if present {
-                Ok(())
+                Ok(None)
             } else {
                 Err((
                     "ErrImagePull".into(),
@@ -688,11 +838,18 @@ impl Worker {
             };
         }
         tracing::info!(pod = %self.name, container = %spec.name, image = %image, "pulling image");
+        self.event(
+            Some((spec.name.as_str(), false)),
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        let started = Instant::now();
         self.ctx
             .runtime
             .pull_image(&image)
             .await
-            .map(|_| ())
+            .map(|_| Some(started.elapsed()))
             .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))
     }
 
@@ -794,6 +951,20 @@ impl Worker {
         else {
             return;
         };
+        let kind_name = match event.kind {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        };
+        let who = Some((event.container.as_str(), self.tracks[i].init));
+        if !event.success {
+            self.event(
+                who,
+                EventType::Warning,
+                "Unhealthy",
+                format!("{kind_name} probe failed: {}", event.message),
+            );
+        }
         match (event.kind, event.success) {
             (ProbeKind::Readiness, ready) => self.tracks[i].ready = ready,
             (ProbeKind::Startup, true) => {
@@ -808,6 +979,16 @@ impl Worker {
             }
             (ProbeKind::Liveness | ProbeKind::Startup, false) => {
                 tracing::info!(pod = %self.name, container = %event.container, kind = ?event.kind, message = %event.message, "probe failed; restarting the container");
+                self.event(
+                    who,
+                    EventType::Normal,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        event.container,
+                        kind_name.to_lowercase()
+                    ),
+                );
                 self.tracks[i].stop_probes();
                 self.tracks[i].ready = false;
                 let grace = self.grace();
@@ -936,14 +1117,23 @@ impl Worker {
             }
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let patch = json!({"metadata": {"uid": self.uid}, "status": value});
+        let target_uid = if self.is_static {
+            // No API server yet, or no mirror pod: nothing to write to.
+            match &self.mirror_uid {
+                Some(uid) => uid.clone(),
+                None => return,
+            }
+        } else {
+            self.uid.clone()
+        };
+        let patch = json!({"metadata": {"uid": target_uid}, "status": value});
         match api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(pod) => {
                 self.last_status = Some(comparable);
-                if pod.metadata.uid.as_deref() == Some(self.uid.as_str()) {
+                if !self.is_static && pod.metadata.uid.as_deref() == Some(self.uid.as_str()) {
                     // Keep the newer object unless a watch event already brought a newer one.
                     let keep_deletion = self.pod.metadata.deletion_timestamp.is_some();
                     if !keep_deletion {
@@ -951,6 +1141,7 @@ impl Worker {
                     }
                 }
             }
+            Err(kube::Error::Api(e)) if e.code == 404 && self.is_static => self.mirror_uid = None,
             Err(kube::Error::Api(e)) if e.code == 404 => self.deleted = true,
             Err(e) => {
                 tracing::warn!(pod = %self.name, namespace = %self.namespace, error = %e, "cannot write pod status");
@@ -974,6 +1165,12 @@ impl Worker {
             }
             let target = self.target(i);
             let spec = self.container_spec(&self.tracks[i].name, self.tracks[i].init);
+            self.event(
+                Some((&self.tracks[i].name, self.tracks[i].init)),
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {}", self.tracks[i].name),
+            );
             let runtime = Arc::clone(&self.ctx.runtime);
             let name = self.name.clone();
             stops.push(async move {
@@ -1046,12 +1243,20 @@ impl Worker {
             tracing::warn!(pod = %self.name, "pod not fully cleaned up; deletion not confirmed");
             return;
         }
-        if !self.deleted {
+        // The API object to remove: the pod itself, or a static pod's mirror.
+        let api_uid = if self.is_static {
+            self.mirror_uid.clone()
+        } else if self.deleted {
+            None
+        } else {
+            Some(self.uid.clone())
+        };
+        if let Some(api_uid) = api_uid {
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(Preconditions {
-                    uid: Some(self.uid.clone()),
+                    uid: Some(api_uid),
                     resource_version: None,
                 }),
                 ..Default::default()
@@ -1182,6 +1387,9 @@ mod tests {
             duration_between("2026-12-01T00:00:00Z", "2026-12-01T00:10:00Z"),
             Duration::from_secs(600)
         );
-        assert_eq!(duration_between("bad", "2026-12-01T00:10:00Z"), Duration::ZERO);
+        assert_eq!(
+            duration_between("bad", "2026-12-01T00:10:00Z"),
+            Duration::ZERO
+        );
     }
 }

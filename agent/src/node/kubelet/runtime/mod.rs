@@ -1,8 +1,9 @@
 //! The container runtime seam, shaped like CRI's RuntimeService: pod sandboxes, containers, exec
-//! and exit events. [`oci`] implements it with runc under one `windlass-shim` per container; a
-//! CRI backend over containerd's socket implements the same trait.
+//! and exit events. [`oci`] implements it with runc under one `windlass-shim` per container;
+//! [`cri`] implements the same trait over containerd's CRI socket.
 
 pub mod cni;
+pub mod cri;
 pub mod namespaces;
 pub mod oci;
 pub mod spec;
@@ -55,6 +56,16 @@ pub enum RuntimeError {
         /// Why.
         message: String,
     },
+    /// A CRI call failed (the `cri` runtime; the runtime's gRPC status message).
+    #[error("CRI {call} of {id} failed: {message}")]
+    Cri {
+        /// The CRI call (`RunPodSandbox`, ...).
+        call: &'static str,
+        /// The sandbox, container or image it was about.
+        id: String,
+        /// The gRPC status code and message.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("failed to {action} {path}")]
     Io {
@@ -98,6 +109,10 @@ pub struct SandboxConfig {
     pub cgroup_parent: String,
     /// Where the pod's log directory is (`/var/log/pods/<ns>_<name>_<uid>`).
     pub log_directory: PathBuf,
+    /// Whether any container of the pod is privileged (CRI runtimes refuse a privileged
+    /// container in an unprivileged sandbox).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// A pod sandbox as the runtime holds it.

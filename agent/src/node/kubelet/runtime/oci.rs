@@ -756,10 +756,23 @@ impl Runtime for OciRuntime {
     }
 
     async fn pull_image(&self, reference: &str) -> Result<String, RuntimeError> {
-        Err(RuntimeError::Pull {
-            reference: reference.to_string(),
-            message: "pulling from a registry is not built yet; import the image with `windlass image import`".into(),
-        })
+        match self.images.pull(reference, None).await {
+            Ok(image) => Ok(image.id),
+            Err(e) => {
+                // The whole chain: an I/O error's cause is in its source.
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                Err(RuntimeError::Pull {
+                    reference: reference.to_string(),
+                    message,
+                })
+            }
+        }
     }
 }
 
