@@ -276,6 +276,17 @@ fn qos_cgroups_on_the_real_hierarchy() {
                 .then_some(())
         },
     );
+    // The OOM killer takes one process of the hog's pipeline; the others (head writing into a
+    // closed pipe) leave a moment later.
+    eventually(
+        "the hog's pipeline to leave its cgroup",
+        Duration::from_secs(10),
+        || {
+            read(at("memory", &hog).join("cgroup.procs"))
+                .is_empty()
+                .then_some(())
+        },
+    );
     cg.remove_pod(QosClass::Burstable, b_uid)
         .expect("remove the Burstable pod");
     cg.remove_pod(QosClass::Guaranteed, g_uid)

@@ -44,7 +44,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark (`apiserver`, `cni`, `scheduler`); results go to target/bench/.
+    /// Run a benchmark (`apiserver`, `cni`, `scheduler`, `kubelet`); results go to target/bench/.
     Bench {
         /// Which benchmark.
         name: String,

@@ -146,5 +146,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), JoinError> {
         .open(&tmp)
         .map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)?;
+    // Durable before it is named: an empty node.kubeconfig after a power cut would be reused.
+    file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod cni;
+mod kubelet;
 mod scheduler;
 
 use anyhow::{Result, bail};
@@ -12,8 +13,11 @@ pub fn run(name: &str) -> Result<()> {
     match name {
         "apiserver" => apiserver::run(),
         "cni" => cni::run(),
+        "kubelet" => kubelet::run(),
         "scheduler" => scheduler::run(),
-        other => bail!("unknown benchmark {other:?}; available: apiserver, cni, scheduler"),
+        other => {
+            bail!("unknown benchmark {other:?}; available: apiserver, cni, kubelet, scheduler")
+        }
     }
 }
 

@@ -148,12 +148,10 @@ pub async fn run(
     options: KubeletOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KubeletError> {
-    // Shims whose agent died are re-parented to us, not to a PID 1 that may never reap them.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "cannot become a child subreaper");
-    }
     // --- runtime choice: oci (runc under windlass-shim) or cri (containerd) ---
-    let (runtime, adopted_shims): (Arc<dyn Runtime>, usize) = match &options.runtime {
+    // Exit events are subscribed to before adoption starts watching shims, so none is lost.
+    let (runtime, adopted_shims, mut events): (Arc<dyn Runtime>, usize, _) = match &options.runtime
+    {
         RuntimeChoice::Oci => {
             let runtime = OciRuntime::new(OciOptions {
                 data_dir: options.data_dir.clone(),
@@ -163,15 +161,17 @@ pub async fn run(
                 log_max_bytes: 10 * 1024 * 1024,
                 log_max_files: 5,
             })?;
-            let adopted_shims = runtime.adopt()?;
-            (runtime, adopted_shims)
+            let events = runtime.subscribe();
+            let adopted_shims = runtime.adopt().await?;
+            (runtime, adopted_shims, events)
         }
         RuntimeChoice::Cri { endpoint } => {
             let runtime = CriRuntime::connect(CriOptions {
                 endpoint: endpoint.clone(),
             })
             .await?;
-            (runtime, 0)
+            let events = runtime.subscribe();
+            (runtime, 0, events)
         }
     };
     let runtime_version = runtime
@@ -258,6 +258,11 @@ pub async fn run(
         node: options.node_name.clone(),
         node_uid: None,
     };
+    if let Some(dir) = &options.manifest_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the manifest dir");
+    }
     let manifest_watch = options
         .manifest_dir
         .as_deref()
@@ -272,7 +277,6 @@ pub async fn run(
         'static,
         Result<watcher::Event<Pod>, watcher::Error>,
     > = futures::stream::pending().boxed();
-    let mut events = runtime.subscribe();
     let mut listed: HashSet<String> = HashSet::new();
     let mut first_list = true;
     let mut mirror_retry = tokio::time::interval(Duration::from_secs(10));
@@ -304,7 +308,13 @@ pub async fn run(
             }
             Some(uid) = pods.done.1.recv() => {
                 pods.workers.remove(&uid);
-                pods.finished.insert(uid);
+                if let Some(static_pod) = pods.statics.get(&uid) {
+                    // Its manifest came back while the old pod was stopping: run it again.
+                    let pod = Arc::new(static_pod.pod.clone());
+                    pods.apply(uid, pod);
+                } else {
+                    pods.finished.insert(uid);
+                }
             }
             _ = dir_watch::changed(manifest_watch.as_ref()), if manifest_watch.is_some() => {
                 if let Some(dir) = &options.manifest_dir {
@@ -449,13 +459,19 @@ impl Pods {
     /// Re-reads the manifest dir: new manifests start, removed or edited ones stop.
     async fn sync_static(&mut self, dir: &std::path::Path) {
         let (found, errors) = static_pods::read_dir(dir, &self.node);
-        for e in errors {
-            tracing::warn!(error = %e, "skipping a static pod manifest");
-        }
-        let wanted: HashMap<String, static_pods::StaticPod> = found
+        let mut wanted: HashMap<String, static_pods::StaticPod> = found
             .into_iter()
             .map(|p| (p.hash().to_string(), p))
             .collect();
+        for e in errors {
+            tracing::warn!(error = %e, "skipping a static pod manifest");
+            // A file caught half-written (or broken by an edit) keeps the pod it had.
+            for (hash, pod) in &self.statics {
+                if e.path() == pod.path.as_path() {
+                    wanted.insert(hash.clone(), pod.clone());
+                }
+            }
+        }
         let gone: Vec<String> = self
             .statics
             .keys()

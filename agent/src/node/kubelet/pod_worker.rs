@@ -125,6 +125,8 @@ struct Track {
     probes: Vec<tokio::task::JoinHandle<()>>,
     /// The container id whose exit was already turned into a restart decision.
     decided: Option<String>,
+    /// Why the current attempt could not start (its terminated message).
+    start_error: Option<String>,
 }
 
 impl Track {
@@ -211,12 +213,18 @@ impl Worker {
         for track in &mut tracks {
             if let Some(mut list) = by_name.remove(&track.name) {
                 list.sort_by_key(|c| c.attempt);
+                // A container created but never started (the agent died in between) is
+                // removed and made again.
+                let (never_started, mut list): (Vec<_>, Vec<_>) = list
+                    .into_iter()
+                    .partition(|c| matches!(c.state, ContainerState::Created));
+                track.dead.extend(never_started.into_iter().map(|c| c.id));
                 if let Some(newest) = list.pop() {
                     track.restart_count = newest.attempt as i32;
                     if let Some(prev) = list.last() {
                         track.last = Some(view_state(prev));
                     }
-                    track.dead = list.into_iter().map(|c| c.id).collect();
+                    track.dead.extend(list.into_iter().map(|c| c.id));
                     track.started = matches!(newest.state, ContainerState::Running { .. });
                     track.current = Some(newest);
                 }
@@ -267,6 +275,8 @@ impl Worker {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
         let mut probe_rx = self.probe_rx.take();
+        // Adopted containers may have exited while no agent watched them.
+        self.refresh("").await;
         // Adopted running containers get their probes again.
         for i in 0..self.tracks.len() {
             if self.tracks[i].is_running() {
@@ -436,13 +446,17 @@ impl Worker {
             }
         }
         // Older containers go once a newer one of the same name runs (their logs stay).
+        let log_dir = self.log_dir();
         for track in &mut self.tracks {
-            if track.is_running() {
+            if track.is_running() && !track.dead.is_empty() {
                 for id in std::mem::take(&mut track.dead) {
                     if let Err(e) = self.ctx.runtime.remove_container(&id).await {
                         tracing::warn!(pod = %self.name, container = %track.name, error = %e, "cannot remove an old container");
                     }
                 }
+                // Like kubelet, keep the logs of the current and the previous attempt only, so
+                // a container crash-looping for days does not fill the disk.
+                prune_logs(&log_dir.join(&track.name), track.restart_count);
             }
         }
         Ok(())
@@ -749,6 +763,7 @@ impl Worker {
             track.restart_count = attempt as i32;
         }
         track.waiting = None;
+        track.start_error = None;
         track.ready = false;
         track.started = false;
         match started {
@@ -758,13 +773,31 @@ impl Worker {
                 self.after_start(i, &spec).await;
             }
             Err(e) => {
+                // As kubelet reports it: the attempt terminated with exit code 128 and reason
+                // StartError, and the restart policy decides what comes next.
                 tracing::warn!(pod = %self.name, container = %name, error = %e, "container failed to start");
                 let _ = self.ctx.runtime.remove_container(&id).await;
+                let now = super::runtime::now_rfc3339();
                 let track = &mut self.tracks[i];
-                track.waiting = Some(("RunContainerError".into(), e.to_string()));
-                let (delay, step) = self.ctx.backoff.next(track.backoff_step, Duration::ZERO);
-                track.backoff_step = step;
-                track.next_start = Some(Instant::now() + delay.max(Duration::from_secs(1)));
+                track.current = Some(ContainerStatus {
+                    id,
+                    sandbox_id: sandbox.id.clone(),
+                    pod_uid: self.uid.clone(),
+                    name: name.clone(),
+                    attempt,
+                    image: config.image.clone(),
+                    image_id: String::new(),
+                    created_at: now.clone(),
+                    state: ContainerState::Exited {
+                        exit_code: 128,
+                        reason: "StartError".into(),
+                        started_at: now.clone(),
+                        finished_at: now,
+                    },
+                    pid: None,
+                    log_path: config.log_path.clone(),
+                });
+                track.start_error = Some(e.to_string());
             }
         }
     }
@@ -1185,63 +1218,32 @@ impl Worker {
                         tracing::warn!(pod = %name, container = %target.container.name, error = %message, "preStop hook failed");
                     }
                 }
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                // kubelet's minimum: a preStop that used the whole grace period still leaves the
+                // container 2 s between SIGTERM and SIGKILL.
+                let remaining = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(2).min(grace));
                 if let Err(e) = runtime.stop_container(&target.container_id, remaining).await {
                     tracing::warn!(pod = %name, container = %target.container.name, error = %e, "cannot stop the container");
                 }
             });
         }
         futures::future::join_all(stops).await;
-        let mut clean = true;
+        // Cleanup is retried until everything is gone (a cgroup still busy with an exiting
+        // process, a CNI DEL that failed): only then is the deletion confirmed.
         let mut ids: Vec<String> = Vec::new();
         for track in &mut self.tracks {
             ids.extend(track.current.take().map(|c| c.id));
             ids.append(&mut track.dead);
         }
-        // Containers of this pod the worker lost track of (a crash between create and record).
-        if let Ok(all) = self.ctx.runtime.list_containers().await {
-            for c in all {
-                if c.pod_uid == self.uid && !ids.contains(&c.id) {
-                    ids.push(c.id);
-                }
+        let mut delay = Duration::from_millis(500);
+        loop {
+            if self.clean_up(&ids).await {
+                break;
             }
-        }
-        for id in ids {
-            if let Err(e) = self.ctx.runtime.remove_container(&id).await {
-                tracing::warn!(pod = %self.name, error = %e, "cannot remove a container");
-                clean = false;
-            }
-        }
-        let mut sandboxes: Vec<String> = self.sandbox.take().map(|s| s.id).into_iter().collect();
-        if let Ok(all) = self.ctx.runtime.list_pod_sandboxes().await {
-            for s in all {
-                if s.config.uid == self.uid && !sandboxes.contains(&s.id) {
-                    sandboxes.push(s.id);
-                }
-            }
-        }
-        for id in sandboxes {
-            if let Err(e) = self.ctx.runtime.remove_pod_sandbox(&id).await {
-                tracing::warn!(pod = %self.name, error = %e, "cannot remove the sandbox");
-                clean = false;
-            }
-        }
-        if let Err(e) = self.ctx.volumes.teardown(&self.uid) {
-            tracing::warn!(pod = %self.name, error = %e, "cannot tear down volumes");
-            clean = false;
-        }
-        if let Err(e) = self.ctx.cgroups.remove_pod(self.qos, &self.uid) {
-            tracing::warn!(pod = %self.name, error = %e, "cannot remove the pod cgroup");
-            clean = false;
-        }
-        if let Err(e) = std::fs::remove_dir_all(self.log_dir())
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(pod = %self.name, error = %e, "cannot remove the pod's logs");
-        }
-        if !clean {
-            tracing::warn!(pod = %self.name, "pod not fully cleaned up; deletion not confirmed");
-            return;
+            tracing::warn!(pod = %self.name, retry_in = ?delay, "pod not fully cleaned up; deletion not confirmed yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
         }
         // The API object to remove: the pod itself, or a static pod's mirror.
         let api_uid = if self.is_static {
@@ -1270,6 +1272,55 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.name, namespace = %self.namespace, "pod removed");
+    }
+
+    /// One pass of removing everything of the pod; true when nothing is left.
+    async fn clean_up(&mut self, known: &[String]) -> bool {
+        let mut clean = true;
+        let mut ids: Vec<String> = known.to_vec();
+        // Containers of this pod the worker lost track of (a crash between create and record).
+        if let Ok(all) = self.ctx.runtime.list_containers().await {
+            for c in all {
+                if c.pod_uid == self.uid && !ids.contains(&c.id) {
+                    ids.push(c.id);
+                }
+            }
+        }
+        for id in ids {
+            if let Err(e) = self.ctx.runtime.remove_container(&id).await {
+                tracing::warn!(pod = %self.name, error = %e, "cannot remove a container");
+                clean = false;
+            }
+        }
+        let mut sandboxes: Vec<String> = self.sandbox.take().map(|s| s.id).into_iter().collect();
+        if let Ok(all) = self.ctx.runtime.list_pod_sandboxes().await {
+            for s in all {
+                if s.config.uid == self.uid && !sandboxes.contains(&s.id) {
+                    sandboxes.push(s.id);
+                }
+            }
+        }
+        for id in sandboxes {
+            if let Err(e) = self.ctx.runtime.remove_pod_sandbox(&id).await {
+                tracing::warn!(pod = %self.name, error = %e, "cannot remove the sandbox");
+                clean = false;
+            }
+        }
+        // Volume teardown and log removal walk directories: not on a tokio worker's time.
+        if let Err(e) = tokio::task::block_in_place(|| self.ctx.volumes.teardown(&self.uid)) {
+            tracing::warn!(pod = %self.name, error = %e, "cannot tear down volumes");
+            clean = false;
+        }
+        if let Err(e) = self.ctx.cgroups.remove_pod(self.qos, &self.uid) {
+            tracing::warn!(pod = %self.name, error = %e, "cannot remove the pod cgroup");
+            clean = false;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| std::fs::remove_dir_all(self.log_dir()))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pod = %self.name, error = %e, "cannot remove the pod's logs");
+        }
+        clean
     }
 }
 
@@ -1330,6 +1381,22 @@ fn view_state(c: &ContainerStatus) -> ViewState {
     }
 }
 
+/// Removes `<n>.log` (and its rotated siblings) for attempts before `current - 1`.
+fn prune_logs(dir: &std::path::Path, current: i32) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let attempt = name
+            .split_once(".log")
+            .and_then(|(n, _)| n.parse::<i32>().ok());
+        if attempt.is_some_and(|n| n < current - 1) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn duration_between(start: &str, end: &str) -> Duration {
     match (
         start.parse::<jiff::Timestamp>(),
@@ -1379,6 +1446,29 @@ mod tests {
         assert_eq!(pull_policy("busybox", Some("Never")), PullPolicy::Never);
         assert!(is_node_local("windlass.local/busybox:latest"));
         assert!(!is_node_local("docker.io/library/busybox"));
+    }
+
+    #[test]
+    fn old_attempt_logs_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [
+            "0.log",
+            "1.log",
+            "1.log.20261201-000000",
+            "2.log",
+            "3.log",
+            "notes",
+        ] {
+            std::fs::write(dir.path().join(name), "x").expect("write");
+        }
+        prune_logs(dir.path(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.log", "3.log", "notes"]);
     }
 
     #[test]

@@ -61,6 +61,17 @@ pub enum ManifestError {
     },
 }
 
+impl ManifestError {
+    /// The manifest the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ManifestError::Read { path, .. } | ManifestError::Invalid { path, .. } => {
+                Path::new(path)
+            }
+        }
+    }
+}
+
 /// Whether a pod object in the API is a mirror pod.
 pub fn is_mirror(pod: &Pod) -> bool {
     pod.metadata

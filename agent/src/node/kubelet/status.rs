@@ -280,13 +280,44 @@ pub fn build(pod: &Pod, view: &PodView) -> PodStatus {
             not_ready.join(" ")
         ));
     }
-    let mut pod_ready = condition(
-        "Ready",
-        containers_ready,
-        &old_conditions,
-        Some("ContainersNotReady"),
-    );
-    pod_ready.message = ready.message.clone();
+    // readinessGates: the pod is Ready only when every gate's condition (set by someone else)
+    // is True too.
+    let gates_missing: Vec<String> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|g| {
+            !old_conditions
+                .iter()
+                .any(|c| c.type_ == g.condition_type && c.status == "True")
+        })
+        .map(|g| g.condition_type.clone())
+        .collect();
+    let mut pod_ready = if containers_ready && !gates_missing.is_empty() {
+        let mut c = condition(
+            "Ready",
+            false,
+            &old_conditions,
+            Some("ReadinessGatesNotReady"),
+        );
+        c.message = Some(format!(
+            "corresponding condition of pod readiness gate \"{}\" does not exist.",
+            gates_missing.join("\", \"")
+        ));
+        c
+    } else {
+        condition(
+            "Ready",
+            containers_ready,
+            &old_conditions,
+            Some("ContainersNotReady"),
+        )
+    };
+    if pod_ready.message.is_none() {
+        pod_ready.message = ready.message.clone();
+    }
     conditions.push(ready);
     conditions.push(pod_ready);
     PodStatus {
@@ -391,6 +422,45 @@ mod tests {
         let mut v = view(vec![running()]);
         v.initialized = false;
         assert_eq!(phase(&pod("Always"), &v), "Pending");
+    }
+
+    #[test]
+    fn readiness_gates_hold_the_pod_back() {
+        let mut p = pod("Always");
+        if let Some(spec) = p.spec.as_mut() {
+            spec.readiness_gates = Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+                condition_type: "example.com/lb".into(),
+            }]);
+        }
+        let ready = |p: &Pod| {
+            build(p, &view(vec![running()]))
+                .conditions
+                .expect("conditions")
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .expect("Ready")
+        };
+        let gated = ready(&p);
+        assert_eq!(gated.status, "False");
+        assert_eq!(gated.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "example.com/lb".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_eq!(ready(&p).status, "True");
+        let status = build(&p, &view(vec![running()]));
+        assert!(
+            status
+                .conditions
+                .expect("conditions")
+                .iter()
+                .any(|c| c.type_ == "example.com/lb"),
+            "another writer's condition is kept"
+        );
     }
 
     #[test]

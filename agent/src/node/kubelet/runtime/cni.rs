@@ -12,6 +12,9 @@ use tokio::io::AsyncWriteExt;
 /// The interface name inside the pod.
 pub const POD_IFNAME: &str = "eth0";
 
+/// How long one plugin call may take.
+const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Errors from running the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -169,7 +172,16 @@ async fn run(
             .await
             .map_err(spawn_err)?;
     }
-    let output = child.wait_with_output().await.map_err(spawn_err)?;
+    // A plugin that hangs must not wedge the pod forever (the child is killed on drop).
+    let output = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| CniError::Plugin {
+            command,
+            code: 11,
+            msg: format!("the plugin did not answer within {PLUGIN_TIMEOUT:?}"),
+            details: String::new(),
+        })?
+        .map_err(spawn_err)?;
     let stdout: Value = if output.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {

@@ -67,6 +67,9 @@ struct ContainerRecord {
     /// Set once the exit was seen, so the reason survives the container's cgroup.
     #[serde(default)]
     exit_reason: Option<String>,
+    /// The boot it was created in: after a reboot the container is gone whatever the files say.
+    #[serde(default)]
+    boot_id: String,
 }
 
 /// What `sandbox.json` holds.
@@ -75,6 +78,9 @@ struct ContainerRecord {
 struct SandboxRecord {
     sandbox: Sandbox,
     network: Option<NetworkConfig>,
+    /// The boot it was created in: its pinned namespaces do not survive a reboot.
+    #[serde(default)]
+    boot_id: String,
 }
 
 /// The oci runtime.
@@ -112,8 +118,50 @@ impl OciRuntime {
         &self.images
     }
 
-    /// Watches every live shim again after an agent restart. Containers keep running untouched.
-    pub fn adopt(self: &Arc<Self>) -> Result<usize, RuntimeError> {
+    /// At start, before any pod worker runs: removes what a crash left half-made (a sandbox or
+    /// container dir without its record), forgets sandboxes from before a reboot (their pinned
+    /// namespaces are gone; their containers with them), and watches every live shim again.
+    /// Running containers are not touched.
+    pub async fn adopt(self: &Arc<Self>) -> Result<usize, RuntimeError> {
+        let boot_id = current_boot_id();
+        for (kind, dir) in [("sandbox", "sandboxes"), ("container", "containers")] {
+            let dir = self.options.data_dir.join(dir);
+            for entry in std::fs::read_dir(&dir).map_err(io_err("read", dir.display()))? {
+                let entry = entry.map_err(io_err("read", dir.display()))?;
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let record = entry.path().join(format!("{kind}.json"));
+                if record.exists() {
+                    continue;
+                }
+                tracing::warn!(id = %id, kind, "removing what a crashed create left");
+                if kind == "sandbox" {
+                    let _ = namespaces::remove(&entry.path().join("ns"));
+                    let _ = std::fs::remove_dir_all(entry.path());
+                } else {
+                    let _ = self.runc(&["delete", "--force", &id]).await;
+                    let _ = self.remove_container_files(&id);
+                }
+            }
+        }
+        let mut stale = Vec::new();
+        for sandbox in self.list_pod_sandboxes().await? {
+            let record = self.load_sandbox(&sandbox.id)?;
+            if record.boot_id != boot_id {
+                stale.push(sandbox.id);
+            }
+        }
+        for record in self.container_records()? {
+            if stale.contains(&record.sandbox_id) || record.boot_id != boot_id {
+                tracing::info!(container = %record.id, "forgetting a container from before a reboot");
+                let _ = self.runc(&["delete", "--force", &record.id]).await;
+                self.remove_container_files(&record.id)?;
+            }
+        }
+        for id in stale {
+            tracing::info!(sandbox = %id, "forgetting a sandbox from before a reboot");
+            // CNI DEL releases its address; its network namespace died with the boot.
+            self.remove_pod_sandbox(&id).await?;
+        }
         let mut adopted = 0;
         for record in self.container_records()? {
             let state = self.state_dir(&record.id);
@@ -127,7 +175,9 @@ impl OciRuntime {
             let Ok(pids) = windlass_shim::state::read_pids(&state) else {
                 continue;
             };
-            if let Some(shim) = pids.shim.filter(|p| windlass_shim::state::is_alive(*p)) {
+            if windlass_shim::state::shim_alive(&state).unwrap_or(false)
+                && let Some(shim) = pids.shim
+            {
                 self.watch_pid(&record, shim);
                 adopted += 1;
             }
@@ -187,11 +237,8 @@ impl OciRuntime {
             let id = entry.file_name().to_string_lossy().into_owned();
             match self.load_container(&id) {
                 Ok(record) => records.push(record),
-                // A container dir without its record is a create that crashed half-way.
-                Err(RuntimeError::NotFound { .. }) => {
-                    tracing::warn!(container = %id, "removing a half-created container");
-                    let _ = self.remove_container_files(&id);
-                }
+                // Being created right now by another worker (adopt() removes crashed ones).
+                Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -274,15 +321,19 @@ impl OciRuntime {
                 )
             }
             None => match (pids.shim, pids.container) {
-                (Some(shim), container) if windlass_shim::state::is_alive(shim) => (
-                    ContainerState::Running {
-                        started_at: record
-                            .started_at
-                            .clone()
-                            .unwrap_or_else(|| record.created_at.clone()),
-                    },
-                    container,
-                ),
+                (Some(_), container)
+                    if windlass_shim::state::shim_alive(&state_dir).unwrap_or(false) =>
+                {
+                    (
+                        ContainerState::Running {
+                            started_at: record
+                                .started_at
+                                .clone()
+                                .unwrap_or_else(|| record.created_at.clone()),
+                        },
+                        container,
+                    )
+                }
                 (Some(_), _) => (
                     // The shim died without recording an exit (killed with -9, say).
                     ContainerState::Exited {
@@ -334,7 +385,8 @@ impl OciRuntime {
                 });
             }
         }
-        match std::fs::remove_dir_all(&dir) {
+        // A container's upper dir can be large: not on a tokio worker's time.
+        match tokio::task::block_in_place(|| std::fs::remove_dir_all(&dir)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("remove", dir.display())(e)),
@@ -398,6 +450,7 @@ impl Runtime for OciRuntime {
         let record = SandboxRecord {
             sandbox: sandbox.clone(),
             network: network.filter(|_| made.net.is_some()).cloned(),
+            boot_id: current_boot_id(),
         };
         let undo = |e: RuntimeError| {
             let _ = namespaces::remove(&ns_dir);
@@ -421,12 +474,27 @@ impl Runtime for OciRuntime {
                 }
             }
         }
-        write_pod_files(&sandbox).map_err(undo)?;
-        self.save_sandbox(&SandboxRecord {
-            sandbox: sandbox.clone(),
-            network: record.network,
-        })
-        .map_err(undo)?;
+        let finish = write_pod_files(&sandbox).and_then(|()| {
+            self.save_sandbox(&SandboxRecord {
+                sandbox: sandbox.clone(),
+                network: record.network.clone(),
+                boot_id: record.boot_id.clone(),
+            })
+        });
+        if let Err(e) = finish {
+            // The address was handed out: give it back before undoing the rest.
+            if let (Some(netns), Some(network)) = (&made.net, &record.network) {
+                let who = cni::Attachment {
+                    container_id: &id,
+                    netns,
+                    pod_namespace: &config.namespace,
+                    pod_name: &config.name,
+                    pod_uid: &config.uid,
+                };
+                let _ = cni::del(network, &who).await;
+            }
+            return Err(undo(e));
+        }
         Ok(sandbox)
     }
 
@@ -476,11 +544,8 @@ impl Runtime for OciRuntime {
             let id = entry.file_name().to_string_lossy().into_owned();
             match self.load_sandbox(&id) {
                 Ok(record) => out.push(record.sandbox),
-                Err(RuntimeError::NotFound { .. }) => {
-                    // Crashed before its record was written: nothing was attached yet.
-                    let _ = namespaces::remove(&entry.path().join("ns"));
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+                // Being created right now by another worker (adopt() removes crashed ones).
+                Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -566,6 +631,7 @@ impl Runtime for OciRuntime {
                 started_at: None,
                 stop_signal: image.config.stop_signal.clone(),
                 exit_reason: None,
+                boot_id: current_boot_id(),
             })
         })();
         match result {
@@ -606,10 +672,22 @@ impl Runtime for OciRuntime {
             message: "the shim has no stdout".into(),
         })?;
         let mut line = String::new();
-        tokio::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .await
-            .map_err(io_err("read the report of", self.options.shim.display()))?;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let read = reader.read_line(&mut line);
+        match tokio::time::timeout(START_TIMEOUT, read).await {
+            Ok(result) => {
+                result.map_err(io_err("read the report of", self.options.shim.display()))?;
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = self.runc(&["delete", "--force", id]).await;
+                return Err(RuntimeError::Container {
+                    action: "start",
+                    id: id.to_string(),
+                    message: format!("runc did not start it within {START_TIMEOUT:?}"),
+                });
+            }
+        }
         let report: windlass_shim::state::StartReport =
             serde_json::from_str(line.trim()).map_err(|e| RuntimeError::Container {
                 action: "start",
@@ -793,6 +871,16 @@ impl ExitNotifier {
     }
 }
 
+/// How long `runc create` + `start` may take before the start is abandoned.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn current_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the pod's containers.
 fn write_pod_files(sandbox: &Sandbox) -> Result<(), RuntimeError> {
     let hostname = &sandbox.config.hostname;
@@ -805,16 +893,33 @@ fn write_pod_files(sandbox: &Sandbox) -> Result<(), RuntimeError> {
     let files = [
         ("hosts", hosts),
         ("hostname", format!("{hostname}\n")),
-        (
-            "resolv.conf",
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        ),
+        ("resolv.conf", node_resolv_conf()),
     ];
     for (name, contents) in files {
         let path = sandbox.dir.join(name);
         std::fs::write(&path, contents).map_err(io_err("write", path.display()))?;
     }
     Ok(())
+}
+
+/// The node's resolver configuration for pods. A stub resolver on the node's loopback
+/// (systemd-resolved's 127.0.0.53) is unreachable from a pod's network namespace, so then the
+/// upstream list systemd-resolved keeps is used, as kubelet and k3s do.
+pub fn node_resolv_conf() -> String {
+    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let nameservers: Vec<&str> = main
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(str::trim)
+        .collect();
+    let only_loopback =
+        !nameservers.is_empty() && nameservers.iter().all(|n| n.starts_with("127."));
+    if only_loopback
+        && let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf")
+    {
+        return upstream;
+    }
+    main
 }
 
 /// Whether the kernel OOM-killed something in the container's memory cgroup.
