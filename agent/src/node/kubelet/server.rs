@@ -23,7 +23,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::dir_watch::DirWatch;
 use axum::Router;
@@ -33,8 +32,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -211,36 +208,9 @@ async fn serve(options: ServerOptions, pods: watch::Receiver<Vec<Pod>>) -> Resul
         .map_err(|source| ServerError::Listen { addr, source })?;
     tracing::info!(%addr, "kubelet server listening");
     let app = router(pods, &options.pod_log_dir);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "kubelet server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "kubelet server: TLS handshake failed");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(app);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "kubelet server: connection ended with an error");
-            }
-        });
-    }
+    // The API server's TLS accept loop: rustls with ALPN, one task per connection.
+    crate::control_plane::apiserver::serve::serve(listener, tls, app, std::future::pending()).await;
+    Ok(())
 }
 
 async fn list_pods(State(state): State<AppState>) -> Response {
