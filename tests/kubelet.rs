@@ -532,6 +532,19 @@ spec:
         .unwrap_or_default()
         .to_string();
     assert!(message.starts_with("back-off "), "{message}");
+    // The delay grows: with a 1 s base, after three restarts the wait is past the base
+    // (0 s, 1 s, 2 s, 4 s, ...).
+    let seconds: u64 = message
+        .trim_start_matches("back-off ")
+        .split('s')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {message:?}"));
+    assert!(seconds >= 2, "the back-off did not grow: {message}");
+    let restarts = container(&pod, "main")["restartCount"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(restarts >= 3, "{restarts}");
 }
 
 #[test]
