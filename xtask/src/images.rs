@@ -23,7 +23,7 @@ use crate::paths;
     reason = "xtask uses only part of the test harness's writer"
 )]
 #[path = "../../tests/harness/oci_image.rs"]
-mod oci_image;
+pub(crate) mod oci_image;
 
 use oci_image::{Entry, HOST_BUSYBOX, Image};
 

@@ -5,7 +5,9 @@
 //! (SQLite, controllers on) on the host's loopback, and a release `windlass agent` inside a
 //! node network namespace with no default route, reaching the server through a loopback
 //! forwarder, with its own data dir, `--cgroup-root /<prefix>` and pod log dir; the busybox
-//! image from `cargo xtask images` is imported first, so no pull is timed.
+//! image from `cargo xtask images` is imported first, so no pull is timed. For `cri` the agent
+//! talks to a private containerd started in the node namespace (see [`containerd`]), into which
+//! busybox and a pause image are imported with `ctr`.
 //!
 //! Pods are busybox `sleep 3600` with `terminationGracePeriodSeconds: 0`, created with
 //! `spec.nodeName` already set (scheduling is `bench scheduler`'s subject). Latency is the time
@@ -13,7 +15,9 @@
 //! watch-stream reader as `bench scheduler`). Phases: one untimed warm-up pod; 50 pods one at a
 //! time; 100 pods created at once; with the 100 running and settled, the agent's RSS and the
 //! CPU it uses over 30 s (`utime + stime` from `/proc/<pid>/stat`). Pods are deleted between
-//! phases and the bench waits until the API has deleted them and runc has no container left.
+//! phases and the bench waits until the API has deleted them and the runtime has no container
+//! or shim left (runc's list for `oci`, `ctr containers ls` for `cri`). For `cri` containerd's
+//! own RSS and CPU over the same 30 s are recorded too.
 //!
 //! Everything made (namespace, cgroup subtree, mounts, containers, data dirs, processes) is
 //! removed at the end, also after an error or Ctrl-C. Writes `target/bench/kubelet.{json,md}`
@@ -36,9 +40,12 @@ use serde_json::{Value, json};
 use windlass_cni::netlink;
 use windlass_cni::netns::NetNs;
 
+use self::containerd::Containerd;
 use super::apiserver::{HttpsClient, Server, client, create_namespace, each_event, request, start};
 use super::percentile;
 use crate::paths;
+
+mod containerd;
 
 /// Runtimes benchmarked side by side, in this order.
 const RUNTIMES: &str = "oci,cri";
@@ -403,9 +410,10 @@ fn deepest_first(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Server, node namespace and agent for one runtime. Field order is drop order: the agent and
-/// its pods first, then the forwarder and the namespace, then the server.
+/// its pods first, then containerd (cri), then the forwarder and the namespace, then the server.
 struct Cluster {
     agent: Agent,
+    containerd: Option<Containerd>,
     _forwarder: Forwarder,
     node: NetNs,
     server: Arc<Server>,
@@ -452,18 +460,43 @@ impl Cluster {
             log_copy: out.join(format!("kubelet-{runtime}-agent.log")),
             data,
         };
-        let import = Command::new(bin.join("windlass"))
-            .args(["image", "import", "--data-dir"])
-            .arg(agent.data.path())
-            .arg(image)
-            .output()
-            .context("run windlass image import")?;
-        if !import.status.success() {
-            bail!(
-                "windlass image import failed: {}",
-                String::from_utf8_lossy(&import.stderr)
-            );
-        }
+        let mut runtime_args: Vec<std::ffi::OsString> = vec!["--runtime".into(), runtime.into()];
+        let containerd = if runtime == "cri" {
+            // containerd runs windlass-cni from its bin dir, configured by the conflist the
+            // agent writes into containerd's conf dir.
+            let containerd = Containerd::start(
+                &node,
+                &prefix,
+                &bin.join("windlass-cni"),
+                &agent.cgroup_root,
+                out.join("kubelet-cri-containerd.log"),
+            )?;
+            containerd.import_pause()?;
+            containerd.import(image, IMAGE)?;
+            let mut endpoint = std::ffi::OsString::from("unix://");
+            endpoint.push(containerd.socket());
+            runtime_args.extend([
+                "--container-runtime-endpoint".into(),
+                endpoint,
+                "--cni-conf-dir".into(),
+                containerd.cni_conf_dir().into(),
+            ]);
+            Some(containerd)
+        } else {
+            let import = Command::new(bin.join("windlass"))
+                .args(["image", "import", "--data-dir"])
+                .arg(agent.data.path())
+                .arg(image)
+                .output()
+                .context("run windlass image import")?;
+            if !import.status.success() {
+                bail!(
+                    "windlass image import failed: {}",
+                    String::from_utf8_lossy(&import.stderr)
+                );
+            }
+            None
+        };
         let log = std::fs::File::create(agent.data.path().join("agent.log"))?;
         let mut command = Command::new(bin.join("windlass"));
         command
@@ -480,7 +513,7 @@ impl Cluster {
             .arg(bin.join("windlass-shim"))
             .arg("--cni-plugin")
             .arg(bin.join("windlass-cni"))
-            .args(["--runtime", runtime])
+            .args(&runtime_args)
             .env(
                 "RUST_LOG",
                 std::env::var("WINDLASS_BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -496,11 +529,38 @@ impl Cluster {
         agent.child = Some(child);
         Ok(Cluster {
             agent,
+            containerd,
             _forwarder: forwarder,
             node,
             server,
             node_name,
         })
+    }
+
+    /// Whether the runtime has torn every pod down: for cri also no container in containerd
+    /// and no containerd shim.
+    fn idle(&self) -> bool {
+        self.agent.idle() && self.containerd.as_ref().is_none_or(Containerd::idle)
+    }
+
+    /// The shims of the pods: windlass-shim (oci) or containerd-shim-runc-v2 (cri).
+    fn shims(&self) -> Vec<u32> {
+        match &self.containerd {
+            Some(containerd) => containerd.shims(),
+            None => self.agent.shims(),
+        }
+    }
+
+    /// The agent's and containerd's log tails.
+    fn log_tail(&self) -> String {
+        match &self.containerd {
+            Some(c) => format!(
+                "{}\ncontainerd log ends:\n{}",
+                self.agent.log_tail(),
+                c.log_tail()
+            ),
+            None => self.agent.log_tail(),
+        }
     }
 
     /// Waits for the Node to be Ready; fails early (with the agent's log) if the agent exits.
@@ -699,10 +759,10 @@ async fn delete_all(
     // With a zero grace period the API removes the pods at once; the agent tears them down
     // after that, so wait for it too.
     let deadline = Instant::now() + PATIENCE;
-    while !cluster.agent.idle() {
+    while !cluster.idle() {
         if Instant::now() > deadline {
             bail!(
-                "the agent still holds sandboxes, containers or shims after the pods were deleted"
+                "the runtime still holds sandboxes, containers or shims after the pods were deleted"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -787,7 +847,7 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
             s.running.get("warmup").copied()
         })
         .await
-        .with_context(|| cluster.agent.log_tail())?;
+        .with_context(|| cluster.log_tail())?;
     let first_ms = first.duration_since(sent).as_secs_f64() * 1000.0;
     delete_all(&cluster, &client, &mut watch, &["warmup".to_string()]).await?;
     eprintln!("  warm-up pod Running in {first_ms:.1} ms");
@@ -806,7 +866,7 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
                 s.running.get(&name).copied()
             })
             .await
-            .with_context(|| cluster.agent.log_tail())?;
+            .with_context(|| cluster.log_tail())?;
         let ms = running.duration_since(sent).as_secs_f64() * 1000.0;
         seq_ms.push(ms);
         seq_samples.push(json!({ "pod": name, "created_unix": round(created_unix, 6), "running_ms": round(ms, 2) }));
@@ -852,7 +912,7 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
                 .and_then(|t| t.into_iter().max())
         })
         .await
-        .with_context(|| cluster.agent.log_tail())?;
+        .with_context(|| cluster.log_tail())?;
     let all_running_s = last.duration_since(burst_started).as_secs_f64();
     let mut burst_ms: Vec<f64> = {
         let seen = watch.seen.lock().map_err(|_| anyhow!("poisoned"))?;
@@ -887,7 +947,13 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
     let rss_mib = status_kib(pid, "VmRSS:")? / 1024.0;
     let hwm_mib = status_kib(pid, "VmHWM:")? / 1024.0;
     let threads = status_kib(pid, "Threads:")?;
-    let shims = cluster.agent.shims();
+    let shims = cluster.shims();
+    let containerd_pid = cluster.containerd.as_ref().and_then(Containerd::pid);
+    let containerd_rss_mib = match containerd_pid {
+        Some(pid) => Some(status_kib(pid, "VmRSS:")? / 1024.0),
+        None => None,
+    };
+    let containerd0 = containerd_pid.map(cpu_ticks).transpose()?;
     let shim_rss_mib = shims
         .iter()
         .filter_map(|p| status_kib(*p, "VmRSS:").ok())
@@ -906,12 +972,19 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
     tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
     let (own1, children1) = cpu_ticks(pid)?;
     let shims1 = shim_ticks(&shims);
+    let containerd1 = containerd_pid.map(cpu_ticks).transpose()?;
     let wall = idle_started.elapsed().as_secs_f64();
     let tick = clock_ticks();
     let percent = |ticks: u64| ticks as f64 / tick / wall * 100.0;
     let cpu_percent = percent(own1 - own0);
     let children_cpu_percent = percent(children1.saturating_sub(children0));
     let shims_cpu_percent = percent(shims1.saturating_sub(shims0));
+    let containerd_cpu_percent = containerd0
+        .zip(containerd1)
+        .map(|((own0, _), (own1, _))| percent(own1.saturating_sub(own0)));
+    if let (Some(rss), Some(cpu)) = (containerd_rss_mib, containerd_cpu_percent) {
+        eprintln!("  containerd: RSS {rss:.1} MiB, {cpu:.2}% CPU");
+    }
     eprintln!(
         "  with {burst} pods: agent RSS {rss_mib:.1} MiB (peak {hwm_mib:.1}), {threads} threads; \
          CPU over {wall:.0} s: agent {cpu_percent:.2}% of a core, its children {children_cpu_percent:.2}%; \
@@ -942,6 +1015,8 @@ async fn bench_runtime(bin: &Path, runtime: &str, image: &Path) -> Result<Value>
         "shims": shims.len(),
         "shims_rss_mib": round(shim_rss_mib, 1),
         "shims_idle_cpu_percent": round(shims_cpu_percent, 3),
+        "containerd_rss_mib": containerd_rss_mib.map(|v| round(v, 1)),
+        "containerd_idle_cpu_percent": containerd_cpu_percent.map(|v| round(v, 3)),
         "delete_sequential_seconds": round(seq_delete_s, 2),
         "delete_burst_seconds": round(burst_delete_s, 2),
         "runtime_wall_seconds": round(bench_started.elapsed().as_secs_f64(), 1),
@@ -958,15 +1033,13 @@ fn unsupported(bin: &Path, runtime: &str) -> Option<String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    Some(if help.contains("--container-runtime-endpoint") {
-        // tests/harness/containerd.rs shows what that takes: a private containerd with its CRI
-        // plugin in the node namespace, the conflist dir and the image imported into it.
-        "`--runtime cri` needs a containerd in the node namespace, which this bench does not \
-         start yet"
-            .to_string()
-    } else {
-        "`windlass agent --runtime cri` is not built yet".to_string()
-    })
+    if !help.contains("--container-runtime-endpoint") {
+        return Some("`windlass agent --runtime cri` is not built yet".to_string());
+    }
+    ["containerd", "ctr", "containerd-shim-runc-v2"]
+        .into_iter()
+        .find(|tool| containerd::which(tool).is_err())
+        .map(|tool| format!("{tool} is not installed (`cargo xtask deps`)"))
 }
 
 /// Every runtime in turn. `oci` must succeed; another runtime that cannot run (or fails) is
@@ -999,19 +1072,26 @@ fn verdict(met: bool) -> &'static str {
 
 fn markdown(results: &[Value]) -> String {
     let mut md = String::from(
-        "| runtime | warm-up pod (ms) | one at a time p50 / p99 (ms) | 100 at once p50 / p99 (ms) | 100 all Running (s) | agent RSS, 100 pods (MiB) | agent idle CPU (% of a core) |\n|---|---|---|---|---|---|---|\n",
+        "| runtime | warm-up pod (ms) | one at a time p50 / p99 (ms) | 100 at once p50 / p99 (ms) | 100 all Running (s) | agent RSS, 100 pods (MiB) | agent idle CPU (% of a core) | containerd RSS (MiB) / idle CPU (%) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         if let Some(reason) = r["skipped"].as_str() {
             md.push_str(&format!(
-                "| {} | {} | | | | | |\n",
+                "| {} | {} | | | | | | |\n",
                 r["runtime"].as_str().unwrap_or(""),
                 reason.lines().next().unwrap_or("")
             ));
             continue;
         }
+        let containerd = match (
+            r["containerd_rss_mib"].as_f64(),
+            r["containerd_idle_cpu_percent"].as_f64(),
+        ) {
+            (Some(rss), Some(cpu)) => format!("{rss} / {cpu}"),
+            _ => "-".to_string(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {} / {} | {} / {} | {} | {} | {} |\n",
+            "| {} | {} | {} / {} | {} / {} | {} | {} | {} | {containerd} |\n",
             r["runtime"].as_str().unwrap_or(""),
             r["warmup_pod_running_ms"],
             r["sequential"]["p50_ms"],
