@@ -42,14 +42,8 @@ pub enum JoinError {
         got: String,
     },
     /// A file could not be written.
-    #[error("failed to write {path}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] pki::PkiError),
 }
 
 fn client(
@@ -116,7 +110,7 @@ pub async fn ensure_joined(
         });
     }
     let ca_file = data_dir.join("cluster-ca.crt");
-    write_private(&ca_file, &ca)?;
+    pki::write_private(&ca_file, &ca)?;
     let post = http::Request::post(format!("{server}/windlass/v1/join"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(serde_json::json!({ "node": node }).to_string().into_bytes())
@@ -125,28 +119,7 @@ pub async fn ensure_joined(
         .request_text(post)
         .await
         .map_err(request_err("join"))?;
-    write_private(&kubeconfig, &issued)?;
+    pki::write_private(&kubeconfig, &issued)?;
     tracing::info!(node, server, "joined the cluster");
     Ok(kubeconfig)
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), JoinError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| JoinError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    // Durable before it is named: an empty node.kubeconfig after a power cut would be reused.
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }

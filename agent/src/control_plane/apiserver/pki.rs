@@ -92,7 +92,8 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Writes `contents` to `path` readable by root only, atomically (temp file + rename).
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+/// Writes `contents` to `path` with mode 0600, durably (synced, then renamed into place).
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)

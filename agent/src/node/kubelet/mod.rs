@@ -149,6 +149,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KubeletError> {
     // --- runtime choice: oci (runc under windlass-shim) or cri (containerd) ---
+    let cgroups: Arc<dyn cgroups::Cgroups> = Arc::from(cgroups::detect(
+        &options.cgroup_root,
+        &options.cgroup_mount,
+    )?);
+    cgroups.ensure_qos_tiers()?;
     // Exit events are subscribed to before adoption starts watching shims, so none is lost.
     let (runtime, adopted_shims, mut events): (Arc<dyn Runtime>, usize, _) = match &options.runtime
     {
@@ -160,6 +165,7 @@ pub async fn run(
                 shim: options.shim.clone(),
                 log_max_bytes: 10 * 1024 * 1024,
                 log_max_files: 5,
+                cgroups: Arc::clone(&cgroups),
             })?;
             let events = runtime.subscribe();
             let adopted_shims = runtime.adopt().await?;
@@ -179,11 +185,6 @@ pub async fn run(
         .await
         .unwrap_or_else(|_| "runc://unknown".into());
     // --- end runtime choice ---
-    let cgroups: Arc<dyn cgroups::Cgroups> = Arc::from(cgroups::detect(
-        &options.cgroup_root,
-        &options.cgroup_mount,
-    )?);
-    cgroups.ensure_qos_tiers()?;
     let node_ip = options.node_ip.clone().or_else(first_ipv4);
     let facts = node_status::NodeFacts::read(
         &options.node_name,
@@ -196,6 +197,11 @@ pub async fn run(
     // answers; static pods from the manifest dir run before that, and without it.
     let (network_tx, network_rx) = watch::channel(None);
     let mut network_tx = Some(network_tx);
+    // The pods bound here as the API shows them, for the kubelet server (fed by the one pod
+    // watch below).
+    let (api_pods_tx, api_pods_rx) = watch::channel(Vec::new());
+    let mut api_pods: std::collections::BTreeMap<String, Pod> = Default::default();
+    let mut fresh_pods: std::collections::BTreeMap<String, Pod> = Default::default();
     // --- kubelet HTTPS server (server.rs): /healthz, /pods, /containerLogs ---
     if options.kubelet_port != 0 {
         tokio::spawn(server::run(
@@ -206,7 +212,7 @@ pub async fn run(
                 pod_log_dir: options.pod_log_dir.clone(),
                 client_ca: options.client_ca.clone(),
             },
-            server::watch_pods(client.clone(), &options.node_name),
+            api_pods_rx,
         ));
     }
     // --- end kubelet HTTPS server ---
@@ -346,6 +352,22 @@ pub async fn run(
                         continue;
                     }
                 };
+                match &event {
+                    watcher::Event::Init => fresh_pods.clear(),
+                    watcher::Event::InitApply(pod) => {
+                        fresh_pods.insert(pod.metadata.uid.clone().unwrap_or_default(), pod.clone());
+                    }
+                    watcher::Event::InitDone => api_pods = std::mem::take(&mut fresh_pods),
+                    watcher::Event::Apply(pod) => {
+                        api_pods.insert(pod.metadata.uid.clone().unwrap_or_default(), pod.clone());
+                    }
+                    watcher::Event::Delete(pod) => {
+                        api_pods.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                    }
+                }
+                if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    api_pods_tx.send_replace(api_pods.values().cloned().collect());
+                }
                 match event {
                     watcher::Event::Init => listed.clear(),
                     watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {

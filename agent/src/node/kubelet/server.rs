@@ -17,7 +17,7 @@
 //! client goes away, when a newer attempt starts, or when the pod's status says the attempt
 //! has ended.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -31,10 +31,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use windlass_shim::cri_log::{self, Tag};
@@ -128,43 +125,6 @@ pub fn tls_config(options: &ServerOptions) -> Result<Arc<rustls::ServerConfig>, 
         .with_single_cert(vec![cert], key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Keeps a list of the pods bound to `node_name` current, from one watch.
-pub fn watch_pods(client: Client, node_name: &str) -> watch::Receiver<Vec<Pod>> {
-    let (tx, rx) = watch::channel(Vec::new());
-    let api: Api<Pod> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    tokio::spawn(async move {
-        let mut stream = watcher(api, config).default_backoff().boxed();
-        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
-        let mut fresh: BTreeMap<String, Pod> = BTreeMap::new();
-        while let Some(event) = stream.next().await {
-            let key = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-            match event {
-                Ok(watcher::Event::Init) => fresh.clear(),
-                Ok(watcher::Event::InitApply(pod)) => {
-                    fresh.insert(key(&pod), pod);
-                    continue;
-                }
-                Ok(watcher::Event::InitDone) => pods = std::mem::take(&mut fresh),
-                Ok(watcher::Event::Apply(pod)) => {
-                    pods.insert(key(&pod), pod);
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    pods.remove(&key(&pod));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet server: pod watch failed; retrying");
-                    continue;
-                }
-            }
-            if tx.send(pods.values().cloned().collect()).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 #[derive(Clone)]

@@ -27,6 +27,7 @@ use super::{
     ContainerConfig, ContainerState, ContainerStatus, ExecResult, Runtime, RuntimeError,
     RuntimeEvent, Sandbox, SandboxConfig, io_err, new_id, now_rfc3339,
 };
+use crate::node::kubelet::cgroups::Cgroups;
 use crate::node::kubelet::images::{ImageError, ImageStore};
 
 /// Where the oci runtime keeps things and which binaries it runs.
@@ -44,6 +45,8 @@ pub struct OciOptions {
     pub log_max_bytes: u64,
     /// Rotated log files kept, the current one included.
     pub log_max_files: u32,
+    /// The node's cgroups, for a container's OOM-kill counter.
+    pub cgroups: Arc<dyn Cgroups>,
 }
 
 /// What `container.json` holds.
@@ -298,7 +301,12 @@ impl OciRuntime {
                 let reason = match &record.exit_reason {
                     Some(reason) => reason.clone(),
                     None => {
-                        let reason = if oom_killed(&record.cgroups_path) {
+                        let reason = if self
+                            .options
+                            .cgroups
+                            .oom_killed(&record.cgroups_path)
+                            .unwrap_or(false)
+                        {
                             "OOMKilled"
                         } else if exit.exit_code == 0 {
                             "Completed"
@@ -920,26 +928,6 @@ pub fn node_resolv_conf() -> String {
         return upstream;
     }
     main
-}
-
-/// Whether the kernel OOM-killed something in the container's memory cgroup.
-fn oom_killed(cgroups_path: &str) -> bool {
-    let relative = cgroups_path.trim_start_matches('/');
-    let v1 = Path::new("/sys/fs/cgroup/memory")
-        .join(relative)
-        .join("memory.oom_control");
-    let v2 = Path::new("/sys/fs/cgroup")
-        .join(relative)
-        .join("memory.events");
-    [v1, v2].iter().any(|file| {
-        std::fs::read_to_string(file).is_ok_and(|text| {
-            text.lines().any(|line| {
-                line.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .is_some_and(|n| n > 0)
-            })
-        })
-    })
 }
 
 /// RFC 3339 with nanoseconds → seconds, as the API shows container times.
