@@ -71,11 +71,35 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Print the version and the embedded eBPF objects.
     Version,
+    /// Inspect the eBPF service proxy's datapath on this node.
+    Proxy {
+        /// What to do.
+        #[command(subcommand)]
+        command: ProxyCommand,
+    },
     /// Manage the images of the `oci` runtime's store (`<data-dir>/images`).
     Image {
         /// What to do.
         #[command(subcommand)]
         command: ImageCommand,
+    },
+}
+
+/// The `windlass proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Print the services and backends as the pinned maps hold them (works while the agent is
+    /// down).
+    Dump {
+        /// The agent's `--bpf-root`.
+        #[arg(long, default_value = "/sys/fs/bpf/windlass")]
+        bpf_root: PathBuf,
+        /// The node (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// `text` (one line per frontend) or `json`.
+        #[arg(short, long, default_value = "text")]
+        output: String,
     },
 }
 
@@ -179,6 +203,19 @@ pub struct AgentArgs {
     /// turns the server off.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// The service proxy pins its maps and program links under `<bpf-root>/<node-name>/`.
+    #[arg(long, default_value = "/sys/fs/bpf/windlass")]
+    pub bpf_root: PathBuf,
+    /// Do not run the eBPF service proxy (another proxy, such as kube-proxy, does the job).
+    #[arg(long)]
+    pub disable_proxy: bool,
+    /// The service CIDR; it gets an unreachable route so a missed service address never
+    /// leaves the node.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// Where the proxy serves Prometheus metrics (`/metrics`); empty turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
 }
 
 /// Which container runtime the agent uses.

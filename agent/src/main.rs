@@ -2,6 +2,7 @@
 
 mod cli;
 
+use futures::FutureExt as _;
 use anyhow::{Context, bail};
 use clap::Parser;
 use windlass::control_plane::server::{self, StoreKind};
@@ -101,9 +102,32 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
-                "ebpf: tc_counter.bpf.o ({} bytes)",
-                windlass::ebpf::objects::TC_COUNTER.len()
+                "ebpf: tc_counter.bpf.o ({} bytes), proxy.bpf.o ({} bytes)",
+                windlass::ebpf::objects::TC_COUNTER.len(),
+                windlass::ebpf::objects::PROXY.len()
             );
+        }
+        cli::Command::Proxy {
+            command:
+                cli::ProxyCommand::Dump {
+                    bpf_root,
+                    node_name,
+                    output,
+                },
+        } => {
+            let node_name = match node_name {
+                Some(name) => name,
+                None => host_name()?,
+            };
+            let dir = bpf_root.join(&node_name);
+            let frontends = windlass::node::proxy::dump::read(&dir).with_context(|| {
+                format!("cannot read the service proxy's maps in {}", dir.display())
+            })?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&frontends)?),
+                "text" => print!("{}", windlass::node::proxy::dump::text(&frontends)),
+                other => bail!("unknown output format {other:?}: use text or json"),
+            }
         }
         cli::Command::Image { command } => {
             use windlass::node::kubelet::images::{ImageStore, format_table};
@@ -172,10 +196,31 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
     };
     let node_name = match args.node_name {
         Some(name) => name,
-        None => hostname::get()
-            .context("cannot read the host name; pass --node-name")?
-            .to_string_lossy()
-            .to_lowercase(),
+        None => host_name()?,
+    };
+    let proxy = if args.disable_proxy {
+        None
+    } else {
+        Some(windlass::node::proxy::ProxyOptions {
+            node_name: node_name.clone(),
+            node_ip: match &args.node_ip {
+                Some(ip) => Some(
+                    ip.parse()
+                        .with_context(|| format!("--node-ip {ip:?} is not an IPv4 address"))?,
+                ),
+                None => None,
+            },
+            bpf_root: args.bpf_root.clone(),
+            cgroup_dir: cgroup_v2_dir(&args.cgroup_root),
+            service_cidr: parse_service_cidr(&args.service_cidr)?,
+            bridge: args.bridge.clone(),
+            metrics_addr: match args.metrics_bind_address.as_str() {
+                "" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--metrics-bind-address {addr:?} is not ADDRESS:PORT")
+                })?),
+            },
+        })
     };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -229,10 +274,45 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
         options.client_ca = config.root_cert.clone().unwrap_or_default();
         let client = kube::Client::try_from(config)
             .with_context(|| format!("cannot use {}", kubeconfig_path.display()))?;
-        windlass::node::kubelet::run(client, options, shutdown_signal())
-            .await
-            .context("windlass agent failed")
+        let shutdown = shutdown_signal().shared();
+        let kubelet = windlass::node::kubelet::run(client.clone(), options, shutdown.clone());
+        match proxy {
+            None => kubelet.await.context("windlass agent failed"),
+            Some(proxy) => {
+                let proxy = windlass::node::proxy::run(client, proxy, shutdown);
+                let (kubelet, proxy) = tokio::join!(kubelet, proxy);
+                proxy.context("the service proxy failed")?;
+                kubelet.context("windlass agent failed")
+            }
+        }
     })
+}
+
+fn host_name() -> anyhow::Result<String> {
+    Ok(hostname::get()
+        .context("cannot read the host name; pass --node-name")?
+        .to_string_lossy()
+        .to_lowercase())
+}
+
+/// The cgroup v2 directory of `--cgroup-root`: under `/sys/fs/cgroup` on a unified host, under
+/// `/sys/fs/cgroup/unified` on a hybrid one.
+fn cgroup_v2_dir(root: &str) -> std::path::PathBuf {
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let mount = if base.join("cgroup.controllers").exists() {
+        base.to_path_buf()
+    } else {
+        base.join("unified")
+    };
+    mount.join(root.trim_start_matches('/'))
+}
+
+/// `10.96.0.0/16` -> (network, prefix length).
+fn parse_service_cidr(cidr: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    cidr.split_once('/')
+        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok()?)))
+        .filter(|(_, bits)| *bits <= 32)
+        .with_context(|| format!("--service-cidr {cidr:?} is not an IPv4 CIDR"))
 }
 
 /// `10.244.0.0/16` -> (address, prefix length), for pod CIDR ranges of /24 or larger.

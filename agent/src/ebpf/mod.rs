@@ -2,6 +2,7 @@
 //! embedded in the binary, and one module per program family that loads, attaches and reads it.
 
 pub mod counter;
+pub mod proxy;
 
 /// The compiled objects, one `pub static NAME: &[u8]` per `ebpf/<name>.bpf.c`.
 pub mod objects {

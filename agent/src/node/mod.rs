@@ -1,5 +1,6 @@
-//! The node side of Windlass (`windlass agent`): the kubelet, and later the node network and the
-//! eBPF service proxy. It speaks only the Kubernetes API to the control plane.
+//! The node side of Windlass (`windlass agent`): the kubelet and the eBPF service proxy (the
+//! node network comes later). It speaks only the Kubernetes API to the control plane.
 
 pub mod join;
 pub mod kubelet;
+pub mod proxy;
