@@ -516,6 +516,13 @@ static __always_inline int tc_lb(struct __sk_buff *skb, int from_uplink)
 	if (from_uplink && !(b->flags & WL_BACKEND_LOCAL) && !(svc->flags & WL_SVC_EXT_LOCAL) &&
 	    cfg && cfg->snat_address)
 		forward.saddr = cfg->snat_address;
+	/*
+	 * A pod reaching itself through the service: its reply would stay inside the pod and
+	 * never be translated back, so the request comes from a link-local address (as Cilium's
+	 * hairpin does), whose reply leaves the pod through its veth.
+	 */
+	if (!from_uplink && b->address == f.tuple.saddr)
+		forward.saddr = bpf_htonl(WL_HAIRPIN_ADDRESS);
 
 	struct wl_ct_key reply_key = {
 		.saddr = forward.daddr,

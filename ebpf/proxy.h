@@ -23,6 +23,8 @@
 #define WL_CT_ENTRIES 262144
 #define WL_SOCK_ENTRIES 262144
 #define WL_AFFINITY_ENTRIES 65536
+/* Source of a pod's own hairpinned requests: 169.254.42.1 (Cilium uses the same). */
+#define WL_HAIRPIN_ADDRESS 0xa9fe2a01
 
 /* Which traffic a frontend entry serves. */
 enum wl_scope {

@@ -279,10 +279,15 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
         match proxy {
             None => kubelet.await.context("windlass agent failed"),
             Some(proxy) => {
-                let proxy = windlass::node::proxy::run(client, proxy, shutdown);
-                let (kubelet, proxy) = tokio::join!(kubelet, proxy);
-                proxy.context("the service proxy failed")?;
-                kubelet.context("windlass agent failed")
+                // Whichever fails first stops the agent (its pods keep running under their
+                // shims, and the datapath stays attached through its pinned links).
+                let proxy = async {
+                    windlass::node::proxy::run(client, proxy, shutdown)
+                        .await
+                        .context("the service proxy failed")
+                };
+                let kubelet = async { kubelet.await.context("windlass agent failed") };
+                tokio::try_join!(kubelet, proxy).map(|_| ())
             }
         }
     })

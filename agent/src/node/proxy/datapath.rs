@@ -27,6 +27,9 @@ pub const TC_FROM_POD: &str = "wl_tc_from_pod";
 /// tc program for packets from other nodes (ingress of the uplink).
 pub const TC_FROM_UPLINK: &str = "wl_tc_from_uplink";
 
+/// Prefix of a link pin being put in place.
+const STAGING_PREFIX: &str = "new-";
+
 /// Prefix of a pod veth's link pin (`tc-pod-<ifname>`).
 pub const POD_LINK_PREFIX: &str = "tc-pod-";
 
@@ -163,9 +166,10 @@ impl Datapath {
                 prog.load().map_err(attach_err)?;
                 self.loaded.insert(name.to_string(), true);
             }
-            // Multi: the old agent's program stays attached until its pin is replaced.
+            // A cgroup bpf_link is always multi-attach (the kernel wants no flags with it): the
+            // old agent's program stays attached until its pin is replaced.
             let id = prog
-                .attach(&fd, CgroupAttachMode::AllowMultiple)
+                .attach(&fd, CgroupAttachMode::Single)
                 .map_err(attach_err)?;
             let link: FdLink = prog
                 .take_link(id)
@@ -228,13 +232,13 @@ impl Datapath {
                 entries
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().to_string())
-                    .filter(|n| !n.ends_with(".new"))
+                    .filter(|n| !n.starts_with(STAGING_PREFIX))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Pins `link` at `links/<pin_name>.new` and renames it over `links/<pin_name>`; the old
+    /// Pins `link` at `links/new-<pin_name>` and renames it over `links/<pin_name>`; the old
     /// link, if any, loses its last reference and detaches.
     fn pin_replacing(
         &self,
@@ -243,7 +247,8 @@ impl Datapath {
         pin_name: &str,
     ) -> Result<(), DatapathError> {
         let path = self.dir.join("links").join(pin_name);
-        let staging = path.with_extension("new");
+        // bpffs refuses names with a dot.
+        let staging = self.dir.join("links").join(format!("{STAGING_PREFIX}{pin_name}"));
         let _ = std::fs::remove_file(&staging);
         let pinned = link.pin(&staging).map_err(|e| DatapathError::Pin {
             program: program.to_string(),

@@ -194,11 +194,14 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot enable IPv4 forwarding; NodePorts to pods may fail");
     }
 
+    tracing::debug!("proxy: route installed");
     let mut datapath = Datapath::load(&options.pin_dir())?;
+    tracing::debug!("proxy: datapath loaded");
     let mut maps = ProxyMaps::from_datapath(&mut datapath)?;
 
     // Node settings: where 127.0.0.1 is a NodePort address, and the SNAT address.
     let addresses = net::addresses(&handle).await?;
+    tracing::debug!(?addresses, "proxy: addresses");
     let node_ip = options.node_ip.or_else(|| {
         addresses
             .iter()
@@ -233,6 +236,7 @@ pub async fn run(
         source,
     })?;
     datapath.attach_cgroup(&options.cgroup_dir)?;
+    tracing::debug!("proxy: cgroup attached");
     let links = net::links(&handle).await?;
     let uplink = node_ip.and_then(|ip| {
         let index = addresses.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i)?;
