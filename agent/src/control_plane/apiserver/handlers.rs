@@ -636,6 +636,39 @@ impl Api {
                         }
                     }
                 }
+                // A Service turned into a NodePort (or LoadBalancer) gets its node ports now, as
+                // kube-apiserver allocates them on update too.
+                let node_ports_wanted = matches!(
+                    next.pointer("/spec/type").and_then(Value::as_str),
+                    Some("NodePort" | "LoadBalancer")
+                );
+                if node_ports_wanted {
+                    let owner = format!(
+                        "{}/{name}",
+                        meta_str(&next, "namespace").unwrap_or_default()
+                    );
+                    let count = next
+                        .pointer("/spec/ports")
+                        .and_then(Value::as_array)
+                        .map(Vec::len)
+                        .unwrap_or(0);
+                    for i in 0..count {
+                        if next["spec"]["ports"][i].get("nodePort").is_some() {
+                            continue;
+                        }
+                        match self.allocate_node_port(None, &owner).await {
+                            Ok((port, _)) => next["spec"]["ports"][i]["nodePort"] = json!(port),
+                            Err(e) => {
+                                return Err(e.into_invalid(
+                                    "Service",
+                                    name,
+                                    &format!("spec.ports[{i}].nodePort"),
+                                    "",
+                                ));
+                            }
+                        }
+                    }
+                }
             }
             resources::apply_defaults(r, &mut next);
             if r.has_spec {

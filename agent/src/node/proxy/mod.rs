@@ -243,7 +243,10 @@ pub async fn run(
         links.iter().find(|l| l.index == index).cloned()
     });
     match &uplink {
-        Some(link) => datapath.attach_tc(TC_FROM_UPLINK, &link.name, "tc-uplink")?,
+        Some(link) => {
+            datapath.attach_tc(TC_FROM_UPLINK, &link.name, "tc-uplink")?;
+            accept_local(&link.name);
+        }
         None => tracing::warn!(
             node_ip = ?node_ip,
             "no interface holds the node IP; NodePorts from other nodes are not served"
@@ -503,6 +506,9 @@ impl PodLinks {
             .iter()
             .find(|l| l.name == self.bridge)
             .map(|l| l.index);
+        if self.bridge_index.is_some() {
+            accept_local(&self.bridge);
+        }
         let ports: BTreeSet<String> = links
             .iter()
             .filter(|l| l.master.is_some() && l.master == self.bridge_index)
@@ -533,8 +539,9 @@ impl PodLinks {
     fn on_event(&mut self, datapath: &mut Datapath, event: net::LinkEvent) {
         match event {
             net::LinkEvent::Up(link) => {
-                if link.name == self.bridge {
+                if link.name == self.bridge && self.bridge_index != Some(link.index) {
                     self.bridge_index = Some(link.index);
+                    accept_local(&self.bridge);
                 }
                 let on_bridge = link.master.is_some() && link.master == self.bridge_index;
                 if on_bridge && !self.attached.contains(&link.name) {
@@ -542,11 +549,22 @@ impl PodLinks {
                 }
             }
             net::LinkEvent::Gone(link) => {
+                tracing::debug!(link = %link.name, index = link.index, "link gone");
                 if self.attached.remove(&link.name) {
                     datapath.unpin(&format!("{POD_LINK_PREFIX}{}", link.name));
                 }
             }
         }
+    }
+}
+
+/// Lets `dev` take packets whose source is a node address: a NodePort reply translated back on
+/// a pod veth (or on the uplink, for SNATed flows) carries the node's address as its source
+/// when the stack routes it.
+fn accept_local(dev: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/accept_local");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::warn!(link = %dev, error = %e, "cannot set accept_local; NodePort replies may be dropped");
     }
 }
 
