@@ -513,6 +513,8 @@ impl Cluster {
             .arg(bin.join("windlass-shim"))
             .arg("--cni-plugin")
             .arg(bin.join("windlass-cni"))
+            // This bench measures the kubelet; the proxy has its own (`cargo xtask bench proxy`).
+            .arg("--disable-proxy")
             .args(&runtime_args)
             .env(
                 "RUST_LOG",

@@ -6,13 +6,15 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, HashOfMaps, MapData, MapError, PerCpuArray, PerCpuValues};
 
 use crate::ebpf::proxy::{
-    AffinityKey, AffinityValue, Backend, Config, MAGLEV_M, SvcKey, SvcValue, map_names,
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, MAGLEV_M, SvcKey, SvcValue, map_names,
 };
 
 use super::datapath::{Datapath, DatapathError, open_pinned};
 use super::sync::Store;
 
 type MaglevTable = [u32; MAGLEV_M];
+
+const UDP: u8 = 17;
 
 /// The maps the control side writes.
 pub struct ProxyMaps {
@@ -21,6 +23,7 @@ pub struct ProxyMaps {
     maglev: HashOfMaps<MapData, u32, Array<MapData, MaglevTable>>,
     metrics: PerCpuArray<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    ct: HashMap<MapData, CtKey, CtValue>,
     node_addrs: HashMap<MapData, u32, u32>,
     config: Array<MapData, Config>,
 }
@@ -40,6 +43,7 @@ impl ProxyMaps {
             maglev: datapath.take_map(map_names::MAGLEV)?.try_into()?,
             metrics: datapath.take_map(map_names::METRICS)?.try_into()?,
             affinity: datapath.take_map(map_names::AFFINITY)?.try_into()?,
+            ct: datapath.take_map(map_names::CT)?.try_into()?,
             node_addrs: datapath.take_map(map_names::NODE_ADDRS)?.try_into()?,
             config: datapath.take_map(map_names::CONFIG)?.try_into()?,
         })
@@ -78,6 +82,37 @@ impl ProxyMaps {
             .get(&u32::from(service_id), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Forgets the tc path's UDP flows to `gone` backends, so their next datagram picks a live
+    /// one (kube-proxy clears UDP conntrack entries for the same reason). TCP flows stay: a
+    /// terminating backend finishes its connections.
+    pub fn purge_udp_flows(&mut self, gone: &[Backend]) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let dead = |address: u32, port: u16| {
+            gone.iter()
+                .any(|b| b.proto == UDP && b.address == address && b.port == port)
+        };
+        let stale: Vec<CtKey> = self
+            .ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k.proto == UDP
+                    && if v.reply == 0 {
+                        dead(v.daddr, v.dport)
+                    } else {
+                        dead(k.saddr, k.sport)
+                    }
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = self.ct.remove(k);
+        }
+        stale.len()
     }
 
     /// Forgets affinity entries whose backend no longer serves their service.

@@ -295,6 +295,7 @@ pub async fn run(
     let (mut services_listed, mut slices_listed, mut first_sync_done) = (false, false, false);
     let mut dirty: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut labels_set = false;
     let mut shutdown = std::pin::pin!(shutdown.fuse());
 
     loop {
@@ -404,7 +405,8 @@ pub async fn run(
         };
         match result {
             Ok(writes) => {
-                if writes > 0 {
+                if writes > 0 || !labels_set {
+                    labels_set = true;
                     tracing::debug!(
                         writes,
                         elapsed_us = sync_started.elapsed().as_micros() as u64,
@@ -412,6 +414,11 @@ pub async fn run(
                     );
                     update_labels(&syncer, &labels);
                     purge_affinity(&mut syncer);
+                    let gone = syncer.take_released();
+                    let flows = syncer.store_mut().purge_udp_flows(&gone);
+                    if flows > 0 {
+                        tracing::debug!(flows, "UDP flows to removed backends forgotten");
+                    }
                 }
             }
             Err(e) => {

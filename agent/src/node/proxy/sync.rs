@@ -73,6 +73,8 @@ pub struct Syncer<S> {
     service_id_refs: HashMap<u16, usize>,
     /// Backend ids each Maglev table was built from.
     maglev: HashMap<u16, Vec<u32>>,
+    /// Backends removed since the last [`Syncer::take_released`].
+    released: Vec<Backend>,
 }
 
 /// A frontend read back from the maps (for adoption and dumps).
@@ -162,6 +164,7 @@ impl<S: Store> Syncer<S> {
             service_id_owner: HashMap::new(),
             service_id_refs: HashMap::new(),
             maglev: HashMap::new(),
+            released: Vec::new(),
         };
         for (id, value) in backends {
             let Some(proto) = Proto::from_number(value.proto) else {
@@ -232,6 +235,11 @@ impl<S: Store> Syncer<S> {
             .values()
             .flat_map(|a| a.backends.iter().map(move |b| (a.value.service_id, *b)))
             .collect()
+    }
+
+    /// The backends removed from the maps since the last call (their UDP flows are stale).
+    pub fn take_released(&mut self) -> Vec<Backend> {
+        std::mem::take(&mut self.released)
     }
 
     /// The service port behind each service id in use.
@@ -584,6 +592,7 @@ impl<S: Store> Syncer<S> {
             if let Some(entry) = self.backends.remove(&key) {
                 self.backend_keys.remove(&entry.id);
                 self.store.delete_backend(entry.id)?;
+                self.released.push(entry.value);
                 writes += 1;
             }
         }
