@@ -112,8 +112,40 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ServiceKey> {
     Some((slice.namespace().unwrap_or_default(), svc.clone()))
 }
 
+/// Drops what the proxy never reads, so 10,000 services and their slices stay small in memory.
+fn slim_service(mut svc: Service) -> Service {
+    let meta = &mut svc.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
+    svc
+}
+
+fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    let meta = &mut slice.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+    }
+    for endpoint in slice.endpoints.iter_mut().flatten() {
+        endpoint.target_ref = None;
+        endpoint.hints = None;
+        endpoint.deprecated_topology = None;
+        endpoint.zone = None;
+        endpoint.hostname = None;
+    }
+    slice
+}
+
 impl Cache {
     fn put_service(&mut self, svc: Service) -> ServiceKey {
+        let svc = slim_service(svc);
         let key = service_key(&svc);
         self.services.insert(key.clone(), svc);
         key
@@ -127,6 +159,7 @@ impl Cache {
 
     /// Stores a slice; returns the services it belonged to before and after.
     fn put_slice(&mut self, slice: EndpointSlice) -> Vec<ServiceKey> {
+        let slice = slim_slice(slice);
         let id = (slice.namespace().unwrap_or_default(), slice.name_any());
         let mut touched = self.remove_slice_id(&id);
         if let Some(owner) = slice_owner(&slice) {
@@ -327,6 +360,7 @@ pub async fn run(
                 Input::Service(Ok(event)) => match event {
                     Event::Init => pending_services = Some(HashMap::new()),
                     Event::InitApply(svc) => {
+                        let svc = slim_service(svc);
                         pending_services
                             .get_or_insert_with(HashMap::new)
                             .insert(service_key(&svc), svc);
@@ -348,6 +382,7 @@ pub async fn run(
                 Input::Slice(Ok(event)) => match event {
                     Event::Init => pending_slices = Some(HashMap::new()),
                     Event::InitApply(slice) => {
+                        let slice = slim_slice(slice);
                         pending_slices.get_or_insert_with(HashMap::new).insert(
                             (slice.namespace().unwrap_or_default(), slice.name_any()),
                             slice,
