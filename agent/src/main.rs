@@ -2,9 +2,9 @@
 
 mod cli;
 
-use futures::FutureExt as _;
 use anyhow::{Context, bail};
 use clap::Parser;
+use futures::FutureExt as _;
 use windlass::control_plane::server::{self, StoreKind};
 
 fn main() -> anyhow::Result<()> {

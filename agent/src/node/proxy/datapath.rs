@@ -58,9 +58,9 @@ pub enum DatapathError {
         program: String,
         /// The cgroup or interface.
         target: String,
-        /// aya's error.
+        /// aya's error (boxed: it is large and this is not a hot path).
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A link is not a bpf_link (kernels before 5.7 and tc before 6.6 cannot pin one).
     #[error("the link of {program} cannot be pinned")]
@@ -154,7 +154,7 @@ impl Datapath {
             let attach_err = |source| DatapathError::Attach {
                 program: name.to_string(),
                 target: target.clone(),
-                source,
+                source: Box::new(source),
             };
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -171,14 +171,14 @@ impl Datapath {
             let id = prog
                 .attach(&fd, CgroupAttachMode::Single)
                 .map_err(attach_err)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(|source| DatapathError::Link {
-                    program: name.to_string(),
-                    source,
-                })?;
+            let link: FdLink =
+                prog.take_link(id)
+                    .map_err(attach_err)?
+                    .try_into()
+                    .map_err(|source| DatapathError::Link {
+                        program: name.to_string(),
+                        source,
+                    })?;
             self.pin_replacing(name, link, name)?;
         }
         Ok(())
@@ -194,7 +194,7 @@ impl Datapath {
         let attach_err = |source| DatapathError::Attach {
             program: program.to_string(),
             target: iface.to_string(),
-            source,
+            source: Box::new(source),
         };
         let prog: &mut SchedClassifier = self
             .ebpf
@@ -209,14 +209,14 @@ impl Datapath {
         let id = prog
             .attach(iface, TcAttachType::Ingress)
             .map_err(attach_err)?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(attach_err)?
-            .try_into()
-            .map_err(|source| DatapathError::Link {
-                program: program.to_string(),
-                source,
-            })?;
+        let link: FdLink =
+            prog.take_link(id)
+                .map_err(attach_err)?
+                .try_into()
+                .map_err(|source| DatapathError::Link {
+                    program: program.to_string(),
+                    source,
+                })?;
         self.pin_replacing(program, link, pin_name)
     }
 
@@ -248,7 +248,10 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let path = self.dir.join("links").join(pin_name);
         // bpffs refuses names with a dot.
-        let staging = self.dir.join("links").join(format!("{STAGING_PREFIX}{pin_name}"));
+        let staging = self
+            .dir
+            .join("links")
+            .join(format!("{STAGING_PREFIX}{pin_name}"));
         let _ = std::fs::remove_file(&staging);
         let pinned = link.pin(&staging).map_err(|e| DatapathError::Pin {
             program: program.to_string(),

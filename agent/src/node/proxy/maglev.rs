@@ -102,7 +102,10 @@ mod tests {
             .filter(|(b, a)| **b != 9 && b != a)
             .count();
         // Only the removed backend's share must move; Maglev moves a little more, not a reshuffle.
-        assert!(moved < 16381 / 10, "{moved} entries of surviving backends moved");
+        assert!(
+            moved < 16381 / 10,
+            "{moved} entries of surviving backends moved"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, HashOfMaps, MapData, MapError, PerCpuArray, PerCpuValues};
 
 use crate::ebpf::proxy::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, MAGLEV_M, SvcKey, SvcValue, map_names,
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, MAGLEV_M, SvcKey, SvcValue,
+    map_names,
 };
 
 use super::datapath::{Datapath, DatapathError, open_pinned};
@@ -163,7 +164,7 @@ impl Store for ProxyMaps {
             *slot = *id;
         }
         let mut inner = Array::<MapData, MaglevTable>::create(1, 0)?;
-        inner.set(0, &*full, 0)?;
+        inner.set(0, *full, 0)?;
         // The outer map holds the inner one from here; our descriptor can go.
         self.maglev.insert(u32::from(service_id), &inner, 0)
     }
@@ -173,24 +174,29 @@ impl Store for ProxyMaps {
     }
 
     fn clear_counters(&mut self, service_id: u16) -> Result<(), MapError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::SyscallError(
-            aya::sys::SyscallError {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
+            MapError::SyscallError(aya::sys::SyscallError {
                 call: "nr_cpus",
                 io_error: e,
-            },
-        ))?;
+            })
+        })?;
         let zeros = PerCpuValues::try_from(vec![0u64; cpus])?;
         self.metrics.set(u32::from(service_id), zeros, 0)
     }
 }
 
+/// Raw `wl_lb_services` and `wl_lb_backends` entries.
+pub type PinnedEntries = (Vec<(SvcKey, SvcValue)>, Vec<(u32, Backend)>);
+
 /// The frontends and backends of a node's pinned maps, read without loading any program (for
 /// `windlass proxy dump`).
-pub fn read_pinned(dir: &Path) -> Result<(Vec<(SvcKey, SvcValue)>, Vec<(u32, Backend)>), DatapathError> {
-    let services: HashMap<MapData, SvcKey, SvcValue> =
-        HashMap::try_from(aya::maps::Map::HashMap(open_pinned(dir, map_names::SERVICES)?))?;
-    let backends: HashMap<MapData, u32, Backend> =
-        HashMap::try_from(aya::maps::Map::HashMap(open_pinned(dir, map_names::BACKENDS)?))?;
+pub fn read_pinned(dir: &Path) -> Result<PinnedEntries, DatapathError> {
+    let services: HashMap<MapData, SvcKey, SvcValue> = HashMap::try_from(aya::maps::Map::HashMap(
+        open_pinned(dir, map_names::SERVICES)?,
+    ))?;
+    let backends: HashMap<MapData, u32, Backend> = HashMap::try_from(aya::maps::Map::HashMap(
+        open_pinned(dir, map_names::BACKENDS)?,
+    ))?;
     Ok((
         services.iter().filter_map(Result::ok).collect(),
         backends.iter().filter_map(Result::ok).collect(),

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 
 use crate::ebpf::proxy::{Config, addr_to_map};
@@ -205,8 +205,8 @@ impl Cache {
 }
 
 enum Input {
-    Service(Result<Event<Service>, watcher::Error>),
-    Slice(Result<Event<EndpointSlice>, watcher::Error>),
+    Service(Box<Result<Event<Service>, watcher::Error>>),
+    Slice(Box<Result<Event<EndpointSlice>, watcher::Error>>),
     Link(net::LinkEvent),
 }
 
@@ -227,14 +227,11 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot enable IPv4 forwarding; NodePorts to pods may fail");
     }
 
-    tracing::debug!("proxy: route installed");
     let mut datapath = Datapath::load(&options.pin_dir())?;
-    tracing::debug!("proxy: datapath loaded");
     let mut maps = ProxyMaps::from_datapath(&mut datapath)?;
 
     // Node settings: where 127.0.0.1 is a NodePort address, and the SNAT address.
     let addresses = net::addresses(&handle).await?;
-    tracing::debug!(?addresses, "proxy: addresses");
     let node_ip = options.node_ip.or_else(|| {
         addresses
             .iter()
@@ -269,7 +266,6 @@ pub async fn run(
         source,
     })?;
     datapath.attach_cgroup(&options.cgroup_dir)?;
-    tracing::debug!("proxy: cgroup attached");
     let links = net::links(&handle).await?;
     let uplink = node_ip.and_then(|ip| {
         let index = addresses.iter().find(|(_, a)| *a == ip).map(|(i, _)| *i)?;
@@ -294,7 +290,11 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ProxyError::Metrics { addr, source })?;
-        tokio::spawn(metrics::serve(listener, options.pin_dir(), Arc::clone(&labels)));
+        tokio::spawn(metrics::serve(
+            listener,
+            options.pin_dir(),
+            Arc::clone(&labels),
+        ));
     }
     tracing::info!(
         node = %node,
@@ -306,16 +306,19 @@ pub async fn run(
         "service proxy attached"
     );
 
-    let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .map(Input::Service)
-        .boxed();
+    let services = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| Input::Service(Box::new(e)))
+    .boxed();
     let slices = watcher::watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
     )
     .default_backoff()
-    .map(Input::Slice)
+    .map(|e| Input::Slice(Box::new(e)))
     .boxed();
     let mut inputs = futures::stream::select(
         futures::stream::select(services, slices),
@@ -357,38 +360,40 @@ pub async fn run(
         }
         for input in batch {
             match input {
-                Input::Service(Ok(event)) => match event {
-                    Event::Init => pending_services = Some(HashMap::new()),
-                    Event::InitApply(svc) => {
+                Input::Service(event) => match *event {
+                    Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
+                    Ok(Event::Init) => pending_services = Some(HashMap::new()),
+                    Ok(Event::InitApply(svc)) => {
                         let svc = slim_service(svc);
                         pending_services
                             .get_or_insert_with(HashMap::new)
                             .insert(service_key(&svc), svc);
                     }
-                    Event::InitDone => {
+                    Ok(Event::InitDone) => {
                         let fresh = pending_services.take().unwrap_or_default();
                         dirty.extend(cache.services.keys().cloned());
                         dirty.extend(fresh.keys().cloned());
                         cache.services = fresh;
                         services_listed = true;
                     }
-                    Event::Apply(svc) => {
+                    Ok(Event::Apply(svc)) => {
                         dirty.insert(cache.put_service(svc));
                     }
-                    Event::Delete(svc) => {
+                    Ok(Event::Delete(svc)) => {
                         dirty.insert(cache.remove_service(&svc));
                     }
                 },
-                Input::Slice(Ok(event)) => match event {
-                    Event::Init => pending_slices = Some(HashMap::new()),
-                    Event::InitApply(slice) => {
+                Input::Slice(event) => match *event {
+                    Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
+                    Ok(Event::Init) => pending_slices = Some(HashMap::new()),
+                    Ok(Event::InitApply(slice)) => {
                         let slice = slim_slice(slice);
                         pending_slices.get_or_insert_with(HashMap::new).insert(
                             (slice.namespace().unwrap_or_default(), slice.name_any()),
                             slice,
                         );
                     }
-                    Event::InitDone => {
+                    Ok(Event::InitDone) => {
                         let fresh = pending_slices.take().unwrap_or_default();
                         dirty.extend(cache.slices_of.keys().cloned());
                         cache.slices.clear();
@@ -398,15 +403,12 @@ pub async fn run(
                         }
                         slices_listed = true;
                     }
-                    Event::Apply(slice) => dirty.extend(cache.put_slice(slice)),
-                    Event::Delete(slice) => dirty.extend(cache.remove_slice_id(&(
+                    Ok(Event::Apply(slice)) => dirty.extend(cache.put_slice(slice)),
+                    Ok(Event::Delete(slice)) => dirty.extend(cache.remove_slice_id(&(
                         slice.namespace().unwrap_or_default(),
                         slice.name_any(),
                     ))),
                 },
-                Input::Service(Err(e)) | Input::Slice(Err(e)) => {
-                    tracing::warn!(error = %e, "service proxy watch failed; retrying");
-                }
                 Input::Link(event) => pod_links.on_event(&mut datapath, event),
             }
         }

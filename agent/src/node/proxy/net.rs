@@ -71,7 +71,8 @@ pub async fn addresses(handle: &Handle) -> Result<Vec<(u32, Ipv4Addr)>, NetError
     let mut out = Vec::new();
     for m in messages {
         for attr in &m.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = attr
+            if let AddressAttribute::Local(IpAddr::V4(ip))
+            | AddressAttribute::Address(IpAddr::V4(ip)) = attr
                 && !out.contains(&(m.header.index, *ip))
             {
                 out.push((m.header.index, *ip));
@@ -111,16 +112,17 @@ fn link_of(m: &LinkMessage) -> Link {
 
 /// Every link of the namespace.
 pub async fn links(handle: &Handle) -> Result<Vec<Link>, NetError> {
-    let messages: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetError::Request {
-            what: "list links".into(),
-            source,
-        })?;
+    let messages: Vec<LinkMessage> =
+        handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetError::Request {
+                what: "list links".into(),
+                source,
+            })?;
     Ok(messages.iter().map(link_of).collect())
 }
 

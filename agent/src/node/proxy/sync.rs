@@ -92,11 +92,15 @@ pub struct PinnedFrontend {
 /// Entries with an unknown protocol or scope, and slots past the count, are returned apart
 /// as leftovers to delete.
 pub fn group_slots(entries: Vec<(SvcKey, SvcValue)>) -> (Vec<PinnedFrontend>, Vec<SvcKey>) {
-    let mut heads: BTreeMap<(u32, u16, u8, u8), (SvcValue, BTreeMap<u16, u32>)> = BTreeMap::new();
+    type Head = (SvcValue, BTreeMap<u16, u32>);
+    let mut heads: BTreeMap<(u32, u16, u8, u8), Head> = BTreeMap::new();
     let mut slots: Vec<(SvcKey, SvcValue)> = Vec::new();
     for (k, v) in entries {
         if k.slot == 0 {
-            heads.entry((k.address, k.port, k.proto, k.scope)).or_default().0 = v;
+            heads
+                .entry((k.address, k.port, k.proto, k.scope))
+                .or_default()
+                .0 = v;
         } else {
             slots.push((k, v));
         }
@@ -177,14 +181,9 @@ impl<S: Store> Syncer<S> {
             };
             syncer.next_backend = syncer.next_backend.max(id.saturating_add(1));
             syncer.backend_keys.insert(id, key.clone());
-            syncer.backends.insert(
-                key,
-                BackendEntry {
-                    id,
-                    value,
-                    refs: 0,
-                },
-            );
+            syncer
+                .backends
+                .insert(key, BackendEntry { id, value, refs: 0 });
         }
         for f in frontends {
             for id in &f.backends {
@@ -318,7 +317,10 @@ impl<S: Store> Syncer<S> {
         }
         // 3. Maglev tables before the flag that uses them.
         let mut maglev_ready: BTreeSet<u16> = BTreeSet::new();
-        for f in desired.iter().filter(|f| f.maglev && !f.backends.is_empty()) {
+        for f in desired
+            .iter()
+            .filter(|f| f.maglev && !f.backends.is_empty())
+        {
             let id = port_ids[&f.port];
             if maglev_ready.contains(&id) {
                 continue;
@@ -347,7 +349,11 @@ impl<S: Store> Syncer<S> {
         let mut new_keys = BTreeSet::new();
         for f in &desired {
             let id = port_ids[&f.port];
-            let wanted: Vec<u32> = f.backends.iter().map(|b| self.backends[&b.key].id).collect();
+            let wanted: Vec<u32> = f
+                .backends
+                .iter()
+                .map(|b| self.backends[&b.key].id)
+                .collect();
             let mut flags = 0;
             if f.node_port {
                 flags |= svc_flags::NODEPORT;
@@ -378,7 +384,9 @@ impl<S: Store> Syncer<S> {
 
     fn allocate_service_id(&mut self) -> u16 {
         (1..=u16::MAX)
-            .find(|id| !self.service_id_owner.contains_key(id) && !self.service_id_refs.contains_key(id))
+            .find(|id| {
+                !self.service_id_owner.contains_key(id) && !self.service_id_refs.contains_key(id)
+            })
             .unwrap_or(u16::MAX)
     }
 
@@ -416,14 +424,8 @@ impl<S: Store> Syncer<S> {
         self.next_backend = id.wrapping_add(1).max(1);
         self.store.put_backend(id, value)?;
         self.backend_keys.insert(id, key.clone());
-        self.backends.insert(
-            key,
-            BackendEntry {
-                id,
-                value,
-                refs: 0,
-            },
-        );
+        self.backends
+            .insert(key, BackendEntry { id, value, refs: 0 });
         Ok(1)
     }
 
@@ -746,7 +748,14 @@ mod tests {
     #[test]
     fn scale_down_and_up_never_exposes_a_missing_backend() {
         let mut s = Syncer::adopt(Fake::default(), Vec::new(), Vec::new());
-        for step in [&[1u8, 2, 3][..], &[2], &[2, 4, 5], &[], &[6, 7, 8, 9], &[9, 1]] {
+        for step in [
+            &[1u8, 2, 3][..],
+            &[2],
+            &[2, 4, 5],
+            &[],
+            &[6, 7, 8, 9],
+            &[9, 1],
+        ] {
             s.sync_service(svc(), vec![frontend(80, step, false)])
                 .expect("sync");
             let mut want = step.to_vec();
@@ -798,7 +807,10 @@ mod tests {
             .sync_service(svc(), vec![frontend(80, &[1, 2], false)])
             .expect("sync");
         first
-            .sync_service(("default".into(), "old".into()), vec![frontend(90, &[7], false)])
+            .sync_service(
+                ("default".into(), "old".into()),
+                vec![frontend(90, &[7], false)],
+            )
             .expect("sync");
         let slots: Vec<(SvcKey, SvcValue)> =
             first.store.slots.iter().map(|(k, v)| (*k, *v)).collect();
