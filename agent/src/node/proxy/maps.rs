@@ -116,6 +116,11 @@ impl ProxyMaps {
         stale.len()
     }
 
+    /// Whether no client has an affinity entry.
+    pub fn affinity_is_empty(&self) -> bool {
+        self.affinity.keys().next().is_none()
+    }
+
     /// Forgets affinity entries whose backend no longer serves their service.
     pub fn purge_affinity(&mut self, live: impl Fn(u16, u32) -> bool) {
         let stale: Vec<AffinityKey> = self

@@ -331,12 +331,18 @@ pub async fn run(
     let (mut services_listed, mut slices_listed, mut first_sync_done) = (false, false, false);
     let mut dirty: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut labels_set = false;
+    // Metric labels follow the maps at most once a second (rebuilding them costs as much as
+    // the number of services).
+    let mut labels_due: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut shutdown = std::pin::pin!(shutdown.fuse());
 
     loop {
+        let wake = match (retry_at, labels_due.filter(|_| first_sync_done)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let retry = async {
-            match retry_at {
+            match wake {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => futures::future::pending().await,
             }
@@ -349,7 +355,14 @@ pub async fn run(
                 None => break,
             },
         };
-        retry_at = None;
+        let now = tokio::time::Instant::now();
+        if retry_at.is_some_and(|at| at <= now) {
+            retry_at = None;
+        }
+        if first_sync_done && labels_due.is_some_and(|at| at <= now) {
+            labels_due = None;
+            update_labels(&syncer, &labels);
+        }
         // Take everything already waiting, then sync once.
         let mut batch: Vec<Input> = first.into_iter().collect();
         while let Some(Some(input)) = inputs.next().now_or_never() {
@@ -442,14 +455,13 @@ pub async fn run(
         };
         match result {
             Ok(writes) => {
-                if writes > 0 || !labels_set {
-                    labels_set = true;
+                if writes > 0 {
                     tracing::debug!(
                         writes,
                         elapsed_us = sync_started.elapsed().as_micros() as u64,
                         "service proxy maps updated"
                     );
-                    update_labels(&syncer, &labels);
+                    labels_due.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(1));
                     purge_affinity(&mut syncer);
                     let gone = syncer.take_released();
                     let flows = syncer.store_mut().purge_udp_flows(&gone);
@@ -499,6 +511,7 @@ fn sync_dirty(
 }
 
 fn update_labels(syncer: &Syncer<ProxyMaps>, labels: &metrics::Labels) {
+    let mains = syncer.main_frontends();
     let fresh: HashMap<u16, metrics::Label> = syncer
         .service_ports()
         .iter()
@@ -510,7 +523,7 @@ fn update_labels(syncer: &Syncer<ProxyMaps>, labels: &metrics::Labels) {
                     service: port.name.clone(),
                     port: port.port.clone(),
                     protocol: port.proto.as_str().to_string(),
-                    frontend: syncer.first_frontend(*id).unwrap_or_default(),
+                    frontend: mains.get(id).cloned().unwrap_or_default(),
                 },
             )
         })
@@ -521,6 +534,9 @@ fn update_labels(syncer: &Syncer<ProxyMaps>, labels: &metrics::Labels) {
 }
 
 fn purge_affinity(syncer: &mut Syncer<ProxyMaps>) {
+    if syncer.store().affinity_is_empty() {
+        return;
+    }
     let live: std::collections::HashSet<(u16, u32)> = syncer.service_backend_pairs();
     syncer
         .store_mut()

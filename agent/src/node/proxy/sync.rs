@@ -75,6 +75,15 @@ pub struct Syncer<S> {
     maglev: HashMap<u16, Vec<u32>>,
     /// Backends removed since the last [`Syncer::take_released`].
     released: Vec<Backend>,
+    /// Where the next service id search starts.
+    next_service_id: u16,
+    /// Frontends with the Maglev flag, per service id.
+    maglev_users: HashMap<u16, usize>,
+    /// What may have lost its last user since the last release (checked there, so a sync
+    /// costs what it changed, not what the maps hold).
+    maybe_unused_ids: BTreeSet<u16>,
+    maybe_unused_tables: BTreeSet<u16>,
+    maybe_unused_backends: BTreeSet<u32>,
 }
 
 /// A frontend read back from the maps (for adoption and dumps).
@@ -169,6 +178,11 @@ impl<S: Store> Syncer<S> {
             service_id_refs: HashMap::new(),
             maglev: HashMap::new(),
             released: Vec::new(),
+            next_service_id: 1,
+            maglev_users: HashMap::new(),
+            maybe_unused_ids: BTreeSet::new(),
+            maybe_unused_tables: BTreeSet::new(),
+            maybe_unused_backends: BTreeSet::new(),
         };
         for (id, value) in backends {
             let Some(proto) = Proto::from_number(value.proto) else {
@@ -197,6 +211,11 @@ impl<S: Store> Syncer<S> {
                 .service_id_refs
                 .entry(f.value.service_id)
                 .or_default() += 1;
+            if f.value.flags & svc_flags::MAGLEV != 0 {
+                *syncer.maglev_users.entry(f.value.service_id).or_default() += 1;
+                // Its table is in the maps but its contents are unknown: rebuilt at first sync.
+                syncer.maglev.insert(f.value.service_id, Vec::new());
+            }
             syncer.frontends.insert(
                 f.key,
                 Applied {
@@ -205,6 +224,12 @@ impl<S: Store> Syncer<S> {
                 },
             );
         }
+        syncer.maybe_unused_backends = syncer
+            .backends
+            .values()
+            .filter(|e| e.refs == 0)
+            .map(|e| e.id)
+            .collect();
         syncer
     }
 
@@ -218,14 +243,19 @@ impl<S: Store> Syncer<S> {
         &mut self.store
     }
 
-    /// `address:port/PROTO` of a frontend of the service id (its ClusterIP when it has one).
-    pub fn first_frontend(&self, service_id: u16) -> Option<String> {
-        self.frontends
-            .iter()
-            .filter(|(_, a)| a.value.service_id == service_id)
-            .map(|(k, _)| k)
-            .min_by_key(|k| (k.address.is_unspecified(), k.scope, k.address, k.port))
-            .map(|k| format!("{}:{}/{}", k.address, k.port, k.proto.as_str()))
+    /// `address:port/PROTO` of each service id's main frontend (its ClusterIP when it has one).
+    pub fn main_frontends(&self) -> HashMap<u16, String> {
+        let mut best: HashMap<u16, &FrontendKey> = HashMap::new();
+        let rank = |k: &FrontendKey| (k.address.is_unspecified(), k.scope, k.address, k.port);
+        for (k, a) in &self.frontends {
+            let slot = best.entry(a.value.service_id).or_insert(k);
+            if rank(k) < rank(slot) {
+                *slot = k;
+            }
+        }
+        best.into_iter()
+            .map(|(id, k)| (id, format!("{}:{}/{}", k.address, k.port, k.proto.as_str())))
+            .collect()
     }
 
     /// Every (service id, backend id) the frontends use.
@@ -383,11 +413,15 @@ impl<S: Store> Syncer<S> {
     }
 
     fn allocate_service_id(&mut self) -> u16 {
-        (1..=u16::MAX)
-            .find(|id| {
-                !self.service_id_owner.contains_key(id) && !self.service_id_refs.contains_key(id)
-            })
-            .unwrap_or(u16::MAX)
+        let mut id = self.next_service_id.max(1);
+        for _ in 0..u16::MAX {
+            if !self.service_id_owner.contains_key(&id) && !self.service_id_refs.contains_key(&id) {
+                break;
+            }
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        self.next_service_id = id.checked_add(1).unwrap_or(1);
+        id
     }
 
     fn ensure_backend(
@@ -507,8 +541,12 @@ impl<S: Store> Syncer<S> {
             self.add_ref(*id, -1);
         }
         *self.service_id_refs.entry(service_id).or_default() += 1;
+        if head.flags & svc_flags::MAGLEV != 0 {
+            *self.maglev_users.entry(service_id).or_default() += 1;
+        }
         if let Some(old) = &old {
             self.drop_service_ref(old.value.service_id);
+            self.drop_maglev_user(&old.value);
         }
         self.frontends.insert(
             key,
@@ -525,12 +563,31 @@ impl<S: Store> Syncer<S> {
             && let Some(entry) = self.backends.get_mut(key)
         {
             entry.refs = entry.refs.saturating_add_signed(delta);
+            if entry.refs == 0 {
+                self.maybe_unused_backends.insert(id);
+            }
         }
     }
 
     fn drop_service_ref(&mut self, id: u16) {
         if let Some(n) = self.service_id_refs.get_mut(&id) {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.maybe_unused_ids.insert(id);
+            }
+        }
+    }
+
+    fn drop_maglev_user(&mut self, value: &SvcValue) {
+        if value.flags & svc_flags::MAGLEV == 0 {
+            return;
+        }
+        if let Some(n) = self.maglev_users.get_mut(&value.service_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.maglev_users.remove(&value.service_id);
+                self.maybe_unused_tables.insert(value.service_id);
+            }
         }
     }
 
@@ -547,18 +604,16 @@ impl<S: Store> Syncer<S> {
             self.add_ref(*id, -1);
         }
         self.drop_service_ref(applied.value.service_id);
+        self.drop_maglev_user(&applied.value);
         Ok(1 + applied.backends.len())
     }
 
     fn release_unused(&mut self) -> Result<usize, S::Error> {
         let mut writes = 0;
-        let unused_ids: Vec<u16> = self
-            .service_id_refs
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in unused_ids {
+        for id in std::mem::take(&mut self.maybe_unused_ids) {
+            if self.service_id_refs.get(&id) != Some(&0) {
+                continue;
+            }
             self.service_id_refs.remove(&id);
             if let Some(port) = self.service_id_owner.remove(&id) {
                 self.service_ids.remove(&port);
@@ -566,31 +621,21 @@ impl<S: Store> Syncer<S> {
             self.store.clear_counters(id)?;
             writes += 1;
         }
-        // Maglev tables of ids that lost their external frontends or all of them.
-        let with_maglev: BTreeSet<u16> = self
-            .frontends
-            .values()
-            .filter(|a| a.value.flags & svc_flags::MAGLEV != 0)
-            .map(|a| a.value.service_id)
-            .collect();
-        let stale_tables: Vec<u16> = self
-            .maglev
-            .keys()
-            .filter(|id| !with_maglev.contains(id))
-            .copied()
-            .collect();
-        for id in stale_tables {
+        // Maglev tables whose service id lost its last external frontend.
+        for id in std::mem::take(&mut self.maybe_unused_tables) {
+            if self.maglev_users.contains_key(&id) || self.maglev.remove(&id).is_none() {
+                continue;
+            }
             self.store.delete_maglev(id)?;
-            self.maglev.remove(&id);
             writes += 1;
         }
-        let unused: Vec<BackendKey> = self
-            .backends
-            .iter()
-            .filter(|(_, e)| e.refs == 0)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in unused {
+        for id in std::mem::take(&mut self.maybe_unused_backends) {
+            let Some(key) = self.backend_keys.get(&id).cloned() else {
+                continue;
+            };
+            if self.backends.get(&key).is_none_or(|e| e.refs != 0) {
+                continue;
+            }
             if let Some(entry) = self.backends.remove(&key) {
                 self.backend_keys.remove(&entry.id);
                 self.store.delete_backend(entry.id)?;
