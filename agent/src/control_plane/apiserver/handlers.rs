@@ -647,27 +647,9 @@ impl Api {
                         "{}/{name}",
                         meta_str(&next, "namespace").unwrap_or_default()
                     );
-                    let count = next
-                        .pointer("/spec/ports")
-                        .and_then(Value::as_array)
-                        .map(Vec::len)
-                        .unwrap_or(0);
-                    for i in 0..count {
-                        if next["spec"]["ports"][i].get("nodePort").is_some() {
-                            continue;
-                        }
-                        match self.allocate_node_port(None, &owner).await {
-                            Ok((port, _)) => next["spec"]["ports"][i]["nodePort"] = json!(port),
-                            Err(e) => {
-                                return Err(e.into_invalid(
-                                    "Service",
-                                    name,
-                                    &format!("spec.ports[{i}].nodePort"),
-                                    "",
-                                ));
-                            }
-                        }
-                    }
+                    // Ports that already have one keep it; the others get a free one.
+                    self.allocate_node_ports(&mut next, &owner, name, true)
+                        .await?;
                 }
             }
             resources::apply_defaults(r, &mut next);
@@ -1075,29 +1057,56 @@ impl Api {
             }
         }
         if kind == "NodePort" || kind == "LoadBalancer" {
-            let count = service
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0);
-            for i in 0..count {
-                let requested = service["spec"]["ports"][i]
-                    .get("nodePort")
-                    .and_then(Value::as_u64);
-                match self.allocate_node_port(requested, &owner).await {
-                    Ok((port, key)) => {
-                        taken.push(key);
-                        service["spec"]["ports"][i]["nodePort"] = json!(port);
-                    }
-                    Err(e) => {
-                        self.release(&taken).await;
-                        return Err(e.into_invalid(
-                            "Service",
-                            &name,
-                            &format!("spec.ports[{i}].nodePort"),
-                            &requested.map(|p| p.to_string()).unwrap_or_default(),
-                        ));
-                    }
+            match self
+                .allocate_node_ports(service, &owner, &name, false)
+                .await
+            {
+                Ok(keys) => taken.extend(keys),
+                Err(e) => {
+                    self.release(&taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Allocates the node ports of `service`'s ports (requested ones are claimed, missing ones
+    /// picked; with `only_missing`, ports that have one are left alone). Returns the allocation
+    /// keys; on an error, what it took is released.
+    async fn allocate_node_ports(
+        &self,
+        service: &mut Value,
+        owner: &str,
+        name: &str,
+        only_missing: bool,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut taken = Vec::new();
+        let count = service
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .unwrap_or(0);
+        for i in 0..count {
+            let requested = service["spec"]["ports"][i]
+                .get("nodePort")
+                .and_then(Value::as_u64);
+            if only_missing && requested.is_some() {
+                continue;
+            }
+            match self.allocate_node_port(requested, owner).await {
+                Ok((port, key)) => {
+                    taken.push(key);
+                    service["spec"]["ports"][i]["nodePort"] = json!(port);
+                }
+                Err(e) => {
+                    self.release(&taken).await;
+                    return Err(e.into_invalid(
+                        "Service",
+                        name,
+                        &format!("spec.ports[{i}].nodePort"),
+                        &requested.map(|p| p.to_string()).unwrap_or_default(),
+                    ));
                 }
             }
         }

@@ -149,37 +149,14 @@ impl Datapath {
             path: cgroup.to_path_buf(),
             source,
         })?;
+        let target = cgroup.display().to_string();
         for &name in SOCKET_PROGRAMS {
-            let target = cgroup.display().to_string();
-            let attach_err = |source| DatapathError::Attach {
-                program: name.to_string(),
-                target: target.clone(),
-                source: Box::new(source),
-            };
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| DatapathError::MissingProgram(name.to_string()))?
-                .try_into()
-                .map_err(attach_err)?;
-            if !self.loaded.contains_key(name) {
-                prog.load().map_err(attach_err)?;
-                self.loaded.insert(name.to_string(), true);
-            }
-            // A cgroup bpf_link is always multi-attach (the kernel wants no flags with it): the
-            // old agent's program stays attached until its pin is replaced.
-            let id = prog
-                .attach(&fd, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            let link: FdLink =
+            self.attach_pinned(name, &target, name, CgroupSockAddr::load, |prog| {
+                // A cgroup bpf_link is always multi-attach (the kernel wants no flags with
+                // it): the old agent's program stays attached until its pin is replaced.
+                let id = prog.attach(&fd, CgroupAttachMode::Single)?;
                 prog.take_link(id)
-                    .map_err(attach_err)?
-                    .try_into()
-                    .map_err(|source| DatapathError::Link {
-                        program: name.to_string(),
-                        source,
-                    })?;
-            self.pin_replacing(name, link, name)?;
+            })?;
         }
         Ok(())
     }
@@ -191,32 +168,47 @@ impl Datapath {
         iface: &str,
         pin_name: &str,
     ) -> Result<(), DatapathError> {
+        self.attach_pinned(program, iface, pin_name, SchedClassifier::load, |prog| {
+            let id = prog.attach(iface, TcAttachType::Ingress)?;
+            prog.take_link(id)
+        })
+    }
+
+    /// Loads `program` once, attaches it with `attach` and pins the link as `links/<pin_name>`.
+    fn attach_pinned<P, L>(
+        &mut self,
+        program: &str,
+        target: &str,
+        pin_name: &str,
+        load: fn(&mut P) -> Result<(), ProgramError>,
+        attach: impl FnOnce(&mut P) -> Result<L, ProgramError>,
+    ) -> Result<(), DatapathError>
+    where
+        for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+        L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+    {
         let attach_err = |source| DatapathError::Attach {
             program: program.to_string(),
-            target: iface.to_string(),
+            target: target.to_string(),
             source: Box::new(source),
         };
-        let prog: &mut SchedClassifier = self
+        let prog: &mut P = self
             .ebpf
             .program_mut(program)
             .ok_or_else(|| DatapathError::MissingProgram(program.to_string()))?
             .try_into()
             .map_err(attach_err)?;
         if !self.loaded.contains_key(program) {
-            prog.load().map_err(attach_err)?;
+            load(prog).map_err(attach_err)?;
             self.loaded.insert(program.to_string(), true);
         }
-        let id = prog
-            .attach(iface, TcAttachType::Ingress)
-            .map_err(attach_err)?;
-        let link: FdLink =
-            prog.take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(|source| DatapathError::Link {
-                    program: program.to_string(),
-                    source,
-                })?;
+        let link: FdLink = attach(prog)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|source| DatapathError::Link {
+                program: program.to_string(),
+                source,
+            })?;
         self.pin_replacing(program, link, pin_name)
     }
 
