@@ -1263,4 +1263,33 @@ fn cluster_ips_are_never_handed_out_twice_and_are_released(backend: Backend) {
             "unique node ports"
         );
     }
+    // A ClusterIP Service turned into a NodePort gets a free node port then, and keeps it.
+    let (code, body) = server.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&token),
+        Some(r#"{"metadata":{"name":"later"},"spec":{"ports":[{"port":80}]}}"#),
+        "application/json",
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(json(&body)["spec"]["ports"][0].get("nodePort").is_none());
+    let patch = |doc: &str| {
+        server.curl(
+            "PATCH",
+            "/api/v1/namespaces/default/services/later",
+            Some(&token),
+            Some(doc),
+            "application/merge-patch+json",
+        )
+    };
+    let (code, body) = patch(r#"{"spec":{"type":"NodePort"}}"#);
+    assert_eq!(code, 200, "{body}");
+    let node_port = json(&body)["spec"]["ports"][0]["nodePort"].to_string();
+    assert!(seen.insert(node_port.clone()), "a free node port: {body}");
+    let (code, body) = patch(r#"{"metadata":{"labels":{"touched":"yes"}}}"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["spec"]["ports"][0]["nodePort"].to_string(),
+        node_port
+    );
 }
