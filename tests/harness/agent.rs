@@ -4,19 +4,27 @@
 //! listener on `127.0.0.1:<server port>` inside the node namespace whose connections are relayed
 //! to the same port on the host's loopback, so the admin kubeconfig works unchanged and no
 //! traffic leaves loopback. Everything the agent makes lives under the test's own data dir, runc
-//! root, cgroup root (`/<prefix>`) and pod log dir. Dropping the fixture (also while unwinding)
-//! kills the agent and then removes what it left: containers (through the private runc root),
-//! overlay and namespace mounts under the data dir, and the cgroup subtree in every hierarchy.
+//! root, cgroup root (`/<prefix>`), BPF pin directory (`--bpf-root /sys/fs/bpf/<prefix>-bpf`) and
+//! pod log dir. Dropping the fixture (also while unwinding) kills the agent and then removes what
+//! it left: containers (through the private runc root), overlay and namespace mounts under the
+//! data dir, the cgroup subtree in every hierarchy (with the processes a test ran "from the
+//! node" in it) and the pin directory (the pinned links go with it, which detaches the proxy's
+//! programs).
+//!
+//! A client "from the node" ([`TestAgent::node_client_output`], [`TestAgent::spawn_node_client`])
+//! runs in the node's network namespace and in the agent's cgroup v2 subtree
+//! (`<cgroup root>/clients`), where the proxy's socket hooks apply to it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::apiserver::{TestServer, windlass_bin};
+use crate::bpffs::PinDir;
 use crate::topology::Node;
 use crate::{HarnessError, io_err, prefix, prereq};
 
@@ -121,6 +129,9 @@ pub struct TestAgent {
     cgroup_root: String,
     node_ns: PathBuf,
     node_name: String,
+    // Dropped after `cleanup` has killed the agent: removing it unpins (and so detaches) the
+    // proxy's maps and links.
+    pins: PinDir,
     _forwarder: Option<LoopbackForwarder>,
 }
 
@@ -169,6 +180,7 @@ impl TestAgent {
             .tempdir()
             .map_err(io_err("create", "agent data dir"))?;
         let cgroup_root = format!("/{prefix}");
+        let pins = PinDir::create(&format!("{prefix}-bpf"))?;
         let node_name = node.ns.name().to_string();
         let bin_dir = windlass_bin()
             .parent()
@@ -198,6 +210,8 @@ impl TestAgent {
                 data.path().display().to_string(),
                 "--cgroup-root".into(),
                 cgroup_root.clone(),
+                "--bpf-root".into(),
+                pins.path().display().to_string(),
                 "--pod-log-dir".into(),
                 data.path().join("logs").display().to_string(),
                 "--shim".into(),
@@ -218,6 +232,7 @@ impl TestAgent {
             cgroup_root,
             node_ns: node.ns.path().to_path_buf(),
             node_name,
+            pins,
             _forwarder: forwarder,
         };
         agent.spawn()?;
@@ -258,6 +273,66 @@ impl TestAgent {
     /// The agent's cgroup root (`/<prefix>`).
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root
+    }
+
+    /// The agent's `--bpf-root` (a test-owned directory on bpffs); the agent pins its maps and
+    /// links under `<bpf root>/<node name>/`.
+    pub fn bpf_root(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// The cgroup v2 directory that clients "from the node" run in:
+    /// `<v2 mount>/<cgroup root>/clients`, inside the subtree the agent's socket hooks cover.
+    pub fn clients_cgroup(&self) -> Result<PathBuf, HarnessError> {
+        Ok(crate::cgroup::v2_mount()?
+            .join(self.cgroup_root.trim_start_matches('/'))
+            .join("clients"))
+    }
+
+    /// `program args...` as a client on the node: started in the node's network namespace, it
+    /// moves itself into [`TestAgent::clients_cgroup`] (created if missing) before it execs, so
+    /// its sockets are the node's sockets as the proxy sees them. Not started yet; stdin is
+    /// null and stdout and stderr are piped unless the caller changes them.
+    fn node_client_command(&self, program: &Path, args: &[&str]) -> Result<Command, HarnessError> {
+        let cgroup = self.clients_cgroup()?;
+        std::fs::create_dir_all(&cgroup).map_err(io_err("create cgroup", cgroup.display()))?;
+        let procs = cgroup.join("cgroup.procs");
+        // The shell writes its own pid ("0") into cgroup.procs and then becomes the program, so
+        // the program never runs outside the cgroup.
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(r#"echo 0 > "$0" && exec "$@""#)
+            .arg(&procs)
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(command)
+    }
+
+    /// Runs `program args...` as a client on the node (in its network namespace and in
+    /// [`TestAgent::clients_cgroup`]) and waits for it. Whatever it leaves running is killed with the agent's cgroups on drop.
+    pub fn node_client_output(
+        &self,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<Output, HarnessError> {
+        let mut command = self.node_client_command(program, args)?;
+        let ns = crate::NetNs::open(&self.node_ns)?;
+        ns.run(|| command.output())?
+            .map_err(io_err("run on the node", program.display()))
+    }
+
+    /// Starts `program args...` as a client on the node with stdin, stdout and stderr piped (a
+    /// held-open session). It is killed with the agent's cgroups on drop, also after a panic.
+    pub fn spawn_node_client(&self, program: &Path, args: &[&str]) -> Result<Child, HarnessError> {
+        let mut command = self.node_client_command(program, args)?;
+        command.stdin(Stdio::piped());
+        let ns = crate::NetNs::open(&self.node_ns)?;
+        ns.run(|| command.spawn())?
+            .map_err(io_err("start on the node", program.display()))
     }
 
     /// Where pod logs go.

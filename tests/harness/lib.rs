@@ -9,6 +9,8 @@
 //!   through a CRI client; [`oci_image`] writes the OCI image archives it imports.
 //! - [`runc`]: busybox bundles and a private runc root whose containers and cgroups go on drop.
 //! - [`cgroup`] and [`bpffs`]: a cgroup v2 subtree and a BPF pin directory per test.
+//! - [`proxy`]: the service proxy's tests' client (`wl-probe`), images, `windlass proxy dump`,
+//!   pod logs and metrics.
 //! - [`traffic`]: an echo server and a client that run inside namespaces.
 //! - [`fake_kubelet`]: fake nodes and a watch-driven fake kubelet for controller tests.
 //! - [`etcd`]: a real etcd on loopback ports for store tests.
@@ -30,6 +32,7 @@ pub mod leaks;
 pub mod oci_image;
 pub mod prefix;
 pub mod prereq;
+pub mod proxy;
 pub mod runc;
 pub mod topology;
 pub mod traffic;

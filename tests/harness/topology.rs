@@ -13,11 +13,13 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use windlass_cni::netlink::{self, Route};
 use windlass_cni::netns::{NetNs, NetNsError};
 
-use crate::{HarnessError, prefix, prereq};
+use crate::{HarnessError, io_err, prefix, prereq};
 
 /// Underlay network of the fabric (TEST-NET-1).
 pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 0, 2, 0), 24);
@@ -319,6 +321,17 @@ impl Topology {
 }
 
 impl Node {
+    /// Runs `program args...` in this node's network namespace, in the test's own cgroup (outside
+    /// any agent's subtree, so no socket hook applies: a client "from another machine"), and
+    /// waits for it.
+    pub fn output(&self, program: &Path, args: &[&str]) -> Result<Output, HarnessError> {
+        let mut command = Command::new(program);
+        command.args(args);
+        self.ns
+            .run(|| command.output())?
+            .map_err(io_err("run in the node namespace", program.display()))
+    }
+
     /// Installs a route in this node's main table.
     pub fn add_route(&self, route: Route) -> Result<(), HarnessError> {
         self.ns
