@@ -583,6 +583,80 @@ fn clusterip_serves_tcp_and_udp_from_a_pod_and_from_the_node() {
     );
 }
 
+/// The network namespace of pod `pod` (the oci runtime pins it under the agent's data dir), found
+/// by the pod's IP.
+fn pod_netns(cluster: &Cluster, pod: &str) -> windlass_tests::NetNs {
+    let ip =
+        cluster.wait_pod(pod, "an IP", |p| p["status"]["podIP"].is_string())["status"]["podIP"]
+            .as_str()
+            .expect("podIP")
+            .to_string();
+    let sandboxes = cluster.agent.data_dir().join("sandboxes");
+    for entry in std::fs::read_dir(&sandboxes).expect("read the agent's sandboxes") {
+        let path = entry.expect("sandbox entry").path().join("ns").join("net");
+        let Ok(ns) = windlass_tests::NetNs::open(&path) else {
+            continue;
+        };
+        let out = ns
+            .run(|| {
+                Command::new("ip")
+                    .args(["-4", "-o", "addr", "show"])
+                    .output()
+            })
+            .expect("enter the pod namespace")
+            .expect("run ip addr");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(" {ip}/")) {
+            return ns;
+        }
+    }
+    panic!(
+        "no sandbox of {} holds pod {pod}'s address {ip}",
+        sandboxes.display()
+    );
+}
+
+#[test]
+fn a_pod_outside_the_socket_hooks_is_served_by_the_tc_path_even_to_itself() {
+    let cluster = Cluster::start(1);
+    cluster.create(&backend("tc-0", "tc", true, None));
+    cluster.create(&backend("tc-1", "tc", true, None));
+    cluster.create(&service("tc", "tc", true, ""));
+    cluster.wait_ready_pods("tc", &["tc-0", "tc-1"]);
+    let ip = cluster.cluster_ip("tc");
+    let http = format!("{ip}:80");
+    let dns = format!("{ip}:53");
+    let backends = ["tc-0", "tc-1"];
+    // A client in pod tc-0's network namespace but in no agent cgroup: no socket hook sees it,
+    // so its packets are translated by the tc program on the pod's veth (and back on the
+    // backend's). One of the two backends is tc-0 itself: that hairpin needs the link-local
+    // source, or the reply would never leave the pod.
+    let ns = pod_netns(&cluster, "tc-0");
+    let probe = proxy::wl_probe_bin();
+    let run = |args: &[&str]| -> Vec<String> {
+        let out = ns
+            .run(|| Command::new(&probe).args(args).output())
+            .expect("enter the pod namespace")
+            .expect("run wl-probe");
+        assert!(
+            out.status.success(),
+            "wl-probe {} in pod tc-0's namespace: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out.stdout)
+    };
+    let tcp = run(&["tcp-get", &http, "30"]);
+    assert_answers("TCP through tc", &tcp, 30, &http, &backends);
+    assert_eq!(
+        backends_of(&tcp),
+        set(&backends),
+        "30 connections reach both backends, the client's own pod too: {tcp:#?}"
+    );
+    let udp = run(&["udp-query", &dns, "who", "20"]);
+    assert_answers("UDP through tc", &udp, 20, &dns, &backends);
+}
+
 #[test]
 fn nodeport_from_another_node_reaches_a_backend_and_the_reply_comes_from_the_node() {
     let cluster = Cluster::start(2);
