@@ -4,6 +4,7 @@
 mod apiserver;
 mod cni;
 mod kubelet;
+mod proxy;
 mod scheduler;
 
 use anyhow::{Result, bail};
@@ -14,9 +15,14 @@ pub fn run(name: &str) -> Result<()> {
         "apiserver" => apiserver::run(),
         "cni" => cni::run(),
         "kubelet" => kubelet::run(),
+        "proxy" => proxy::run(),
+        // The connection-rate client `bench proxy` runs in its client namespace.
+        "proxy-client" => proxy::client_main(),
         "scheduler" => scheduler::run(),
         other => {
-            bail!("unknown benchmark {other:?}; available: apiserver, cni, kubelet, scheduler")
+            bail!(
+                "unknown benchmark {other:?}; available: apiserver, cni, kubelet, proxy, scheduler"
+            )
         }
     }
 }
