@@ -1514,7 +1514,15 @@ async fn block_windlass(
         .context("create the agent's data dir")?;
     let out = paths::target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
-    let log = std::fs::File::create(data.path().join("agent.log"))?;
+    let agent_log = data.path().join("agent.log");
+    let data_path = data.path().to_path_buf();
+    // The agent's command line, for its first start and the cold restart below.
+    let agent_command = || -> Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&agent_log)?;
+    let data = &data_path;
     let mut command = Command::new(bin.join("windlass"));
     command
         .arg("agent")
@@ -1522,10 +1530,10 @@ async fn block_windlass(
         .arg(server.data.path().join("admin.kubeconfig"))
         .args(["--node-name", &node_name, "--node-ip", &NODE_IP.to_string()])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .args(["--cgroup-root", &scratch.cgroup_root])
         .arg("--pod-log-dir")
-        .arg(data.path().join("logs"))
+        .arg(data.join("logs"))
         .arg("--shim")
         .arg(bin.join("windlass-shim"))
         .arg("--cni-plugin")
@@ -1546,6 +1554,9 @@ async fn block_windlass(
         // Its own process group: a Ctrl-C reaches the bench, which then tears down in order.
         command.process_group(0);
     }
+    Ok(command)
+    };
+    let mut command = agent_command()?;
     let mut agent = Agent {
         child: None,
         data,
@@ -1742,6 +1753,51 @@ async fn block_windlass(
     );
     let pid = agent.check_running()?;
     let rss_after_mib = status_kib(pid, "VmRSS:")? / 1024.0;
+
+    // Cold start: a new agent with empty maps (its pins removed) and every service already in
+    // the API, timed from its start to the last service in the datapath. This is the time to
+    // program them all, apart from the API's creation rate.
+    eprintln!("bench proxy: cold start with {bulk_count} services in the API");
+    if let Some(mut child) = agent.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let pin_dir = scratch.bpf_root.join(&node_name);
+    std::fs::remove_dir_all(&pin_dir)
+        .with_context(|| format!("remove {}", pin_dir.display()))?;
+    let mut command = agent_command()?;
+    let cold_started = Instant::now();
+    agent.child = Some(
+        topology
+            .node
+            .run(|| command.spawn())?
+            .context("restart windlass agent")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cold_map = loop {
+        check_interrupted()?;
+        agent.check_running()?;
+        match PinnedMap::open(&map_path) {
+            Ok(map) => break Arc::new(map),
+            Err(e) if Instant::now() > deadline => {
+                return Err(anyhow!(e)).with_context(|| agent.log_tail());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let cold = datapath(&cold_map, Arc::clone(&services), endpoint_count)
+        .await
+        .with_context(|| agent.log_tail())?;
+    let cold_s = cold
+        .iter()
+        .max()
+        .map(|t| t.duration_since(cold_started).as_secs_f64())
+        .unwrap_or(f64::NAN);
+    let pid = agent.check_running()?;
+    let rss_cold_mib = status_kib(pid, "VmRSS:")? / 1024.0;
+    eprintln!(
+        "  all {bulk_count} services in the datapath {cold_s:.2} s after the agent started; RSS {rss_cold_mib:.1} MiB"
+    );
     Ok(json!({
         "iperf_gbit": vip_iperf,
         "direct_iperf_gbit": direct_iperf,
@@ -1754,6 +1810,8 @@ async fn block_windlass(
             "create_seconds": round(create_s, 3),
             "all_programmed_after_first_create_seconds": round(after_first_s, 3),
             "all_programmed_after_last_create_seconds": round(after_last_s, 3),
+            "cold_start_all_programmed_seconds": round(cold_s, 3),
+            "agent_rss_after_cold_start_mib": round(rss_cold_mib, 1),
             "per_service_programmed_ms": { "p50": round(percentile(&lag_ms, 50.0), 1),
                                            "p99": round(percentile(&lag_ms, 99.0), 1),
                                            "max": round(lag_ms.last().copied().unwrap_or(f64::NAN), 1) },
@@ -1841,10 +1899,17 @@ fn targets(result: &Value) -> Vec<(String, Option<bool>)> {
         ),
         (
             format!(
-                "{bulk} services programmed < 2 s after created ({:.2} s)",
+                "{bulk} services programmed < 2 s after created ({:.2} s after the last create)",
                 f(&w["bulk"]["all_programmed_after_last_create_seconds"])
             ),
             m(f(&w["bulk"]["all_programmed_after_last_create_seconds"]) < TARGET_PROGRAMMED_S),
+        ),
+        (
+            format!(
+                "{bulk} services programmed < 2 s by a starting agent ({:.2} s)",
+                f(&w["bulk"]["cold_start_all_programmed_seconds"])
+            ),
+            m(f(&w["bulk"]["cold_start_all_programmed_seconds"]) < TARGET_PROGRAMMED_S),
         ),
         (
             format!(
@@ -1968,6 +2033,7 @@ fn markdown(result: &Value) -> String {
              | {} services × {} endpoints created ({} in flight) | {} s |\n\
              | all in the datapath, after the last create | {} s |\n\
              | all in the datapath, after the first create | {} s |\n\
+             | all in the datapath, a starting agent with empty maps | {} s |\n\
              | per service, create → datapath p50 / p99 | {} / {} ms |\n\
              | endpoint change → datapath p50 / p99 ({} changes) | {} / {} ms |\n\
              | agent RSS with {} services (peak) | {} MiB ({} MiB) |",
@@ -1977,6 +2043,7 @@ fn markdown(result: &Value) -> String {
             b["create_seconds"],
             b["all_programmed_after_last_create_seconds"],
             b["all_programmed_after_first_create_seconds"],
+            b["cold_start_all_programmed_seconds"],
             b["per_service_programmed_ms"]["p50"],
             b["per_service_programmed_ms"]["p99"],
             c["count"],

@@ -132,79 +132,203 @@ pub struct ServicePortKey {
     pub proto: Proto,
 }
 
-/// The frontends of `service` with the endpoints of `slices` (the service's EndpointSlices), as
-/// seen from node `node`.
-pub fn frontends(service: &Service, slices: &[&EndpointSlice], node: &str) -> Vec<DesiredFrontend> {
-    let Some(spec) = &service.spec else {
-        return Vec::new();
-    };
-    let namespace = service.metadata.namespace.clone().unwrap_or_default();
-    let name = service.metadata.name.clone().unwrap_or_default();
-    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if kind == "ExternalName" {
-        return Vec::new();
-    }
-    let mut cluster_ips: Vec<Ipv4Addr> = spec
-        .cluster_ips
-        .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
-    cluster_ips.sort();
-    cluster_ips.dedup();
-    let mut external_ips: Vec<Ipv4Addr> = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .filter_map(|ip| ip.parse().ok())
-        .chain(
-            service
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok())),
-        )
-        .collect();
-    external_ips.sort();
-    external_ips.dedup();
-    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-    });
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let node_ports_on = matches!(kind, "NodePort" | "LoadBalancer");
+/// What the proxy keeps of a Service: only what decides its frontends, so 10,000 of them stay
+/// small in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    namespace: String,
+    name: String,
+    cluster_ips: Vec<Ipv4Addr>,
+    external_ips: Vec<Ipv4Addr>,
+    affinity_timeout: Option<u32>,
+    internal_local: bool,
+    external_local: bool,
+    ports: Vec<PortInfo>,
+}
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortInfo {
+    /// The name EndpointSlice ports carry ("" when unnamed).
+    name: String,
+    port: u16,
+    node_port: Option<u16>,
+    proto: Proto,
+}
+
+impl ServiceInfo {
+    /// Reads what matters of `service` (an ExternalName or spec-less one has no ports).
+    pub fn new(service: &Service) -> ServiceInfo {
+        let mut info = ServiceInfo {
+            namespace: service.metadata.namespace.clone().unwrap_or_default(),
+            name: service.metadata.name.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let Some(spec) = &service.spec else {
+            return info;
+        };
+        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if kind == "ExternalName" {
+            return info;
+        }
+        info.cluster_ips = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        info.cluster_ips.sort();
+        info.cluster_ips.dedup();
+        info.external_ips = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .chain(
+                service
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok())),
+            )
+            .collect();
+        info.external_ips.sort();
+        info.external_ips.dedup();
+        info.affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        info.internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        info.external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let node_ports_on = matches!(kind, "NodePort" | "LoadBalancer");
+        info.ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(PortInfo {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: u16::try_from(p.port).ok()?,
+                    node_port: p
+                        .node_port
+                        .filter(|_| node_ports_on)
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| *n != 0),
+                    proto: Proto::parse(p.protocol.as_deref())?,
+                })
+            })
+            .collect();
+        info
+    }
+}
+
+/// What the proxy keeps of an EndpointSlice: its Service, ports and endpoints, with each
+/// endpoint's conditions and whether it is on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// The Service it belongs to (its `kubernetes.io/service-name` label).
+    pub service: Option<String>,
+    ports: Vec<(String, u16, Proto)>,
+    endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointInfo {
+    address: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+}
+
+impl SliceInfo {
+    /// Reads what matters of `slice` as seen from node `node` (IPv4 slices only).
+    pub fn new(slice: &EndpointSlice, service_label: &str, node: &str) -> SliceInfo {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(service_label))
+            .cloned();
+        if slice.address_type != "IPv4" {
+            return SliceInfo {
+                service,
+                ..Default::default()
+            };
+        }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.port?).ok()?,
+                    Proto::parse(p.protocol.as_deref())?,
+                ))
+            })
+            .collect();
+        let mut endpoints = Vec::new();
+        for endpoint in slice.endpoints.iter().flatten() {
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let local = endpoint.node_name.as_deref() == Some(node);
+            endpoints.extend(endpoint.addresses.iter().filter_map(|a| {
+                Some(EndpointInfo {
+                    address: a.parse().ok()?,
+                    ready,
+                    serving,
+                    terminating,
+                    local,
+                })
+            }));
+        }
+        SliceInfo {
+            service,
+            ports,
+            endpoints,
+        }
+    }
+}
+
+/// The frontends of `service` with the endpoints of `slices` (the service's EndpointSlices).
+pub fn frontends(service: &ServiceInfo, slices: &[&SliceInfo]) -> Vec<DesiredFrontend> {
     let mut out = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let Some(proto) = Proto::parse(port.protocol.as_deref()) else {
-            continue;
-        };
-        let Ok(service_port) = u16::try_from(port.port) else {
-            continue;
-        };
+    for port in &service.ports {
+        let proto = port.proto;
         let port_key = ServicePortKey {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            port: port
-                .name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| port.port.to_string()),
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            port: if port.name.is_empty() {
+                port.port.to_string()
+            } else {
+                port.name.clone()
+            },
             proto,
         };
-        let all = backends(slices, port.name.as_deref().unwrap_or(""), proto, node);
+        let all = backends(slices, &port.name, proto);
         let local_only: Vec<DesiredBackend> = all.iter().filter(|b| b.local).cloned().collect();
-        let internal = if internal_local { &local_only } else { &all };
-        let external = if external_local { &local_only } else { &all };
+        let internal = if service.internal_local {
+            &local_only
+        } else {
+            &all
+        };
+        let external = if service.external_local {
+            &local_only
+        } else {
+            &all
+        };
+        let affinity_timeout = service.affinity_timeout;
+        let external_local = service.external_local;
         let frontend = |address, port: u16, scope, node_port, backends: &Vec<DesiredBackend>| {
             let ext = scope == Scope::External;
             DesiredFrontend {
@@ -222,23 +346,12 @@ pub fn frontends(service: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
                 backends: backends.clone(),
             }
         };
-        for ip in &cluster_ips {
-            out.push(frontend(
-                *ip,
-                service_port,
-                Scope::Internal,
-                false,
-                internal,
-            ));
+        for ip in &service.cluster_ips {
+            out.push(frontend(*ip, port.port, Scope::Internal, false, internal));
         }
         // NodePorts and external addresses: traffic from this node counts as in-cluster (as in
         // kube-proxy), traffic arriving from outside follows externalTrafficPolicy.
-        let node_port = port
-            .node_port
-            .filter(|_| node_ports_on)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0);
-        if let Some(np) = node_port {
+        if let Some(np) = port.node_port {
             out.push(frontend(
                 Ipv4Addr::UNSPECIFIED,
                 np,
@@ -254,15 +367,9 @@ pub fn frontends(service: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
                 external,
             ));
         }
-        for ip in &external_ips {
-            out.push(frontend(*ip, service_port, Scope::Internal, false, &all));
-            out.push(frontend(
-                *ip,
-                service_port,
-                Scope::External,
-                false,
-                external,
-            ));
+        for ip in &service.external_ips {
+            out.push(frontend(*ip, port.port, Scope::Internal, false, &all));
+            out.push(frontend(*ip, port.port, Scope::External, false, external));
         }
     }
     out
@@ -270,54 +377,34 @@ pub fn frontends(service: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
 
 /// The endpoints of `slices` serving port `port_name`: the ready ones, or the serving and
 /// terminating ones when none is ready.
-fn backends(
-    slices: &[&EndpointSlice],
-    port_name: &str,
-    proto: Proto,
-    node: &str,
-) -> Vec<DesiredBackend> {
+fn backends(slices: &[&SliceInfo], port_name: &str, proto: Proto) -> Vec<DesiredBackend> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(port) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && Proto::parse(p.protocol.as_deref()) == Some(proto)
-        }) else {
+        let Some((_, target, _)) = slice
+            .ports
+            .iter()
+            .find(|(name, _, p)| name == port_name && *p == proto)
+        else {
             continue;
         };
-        let Some(target) = port.port.and_then(|p| u16::try_from(p).ok()) else {
-            continue;
-        };
-        for endpoint in slice.endpoints.iter().flatten() {
-            let conditions = endpoint.conditions.as_ref();
-            let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let local = endpoint.node_name.as_deref() == Some(node);
-            for address in &endpoint.addresses {
-                let Ok(address) = address.parse::<Ipv4Addr>() else {
-                    continue;
-                };
-                let backend = DesiredBackend {
-                    key: BackendKey {
-                        address,
-                        port: target,
-                        proto,
-                    },
-                    local,
-                    terminating: false,
-                };
-                if is_ready && !is_terminating {
-                    ready.insert(backend);
-                } else if serving && is_terminating {
-                    terminating.insert(DesiredBackend {
-                        terminating: true,
-                        ..backend
-                    });
-                }
+        for e in &slice.endpoints {
+            let backend = DesiredBackend {
+                key: BackendKey {
+                    address: e.address,
+                    port: *target,
+                    proto,
+                },
+                local: e.local,
+                terminating: false,
+            };
+            if e.ready && !e.terminating {
+                ready.insert(backend);
+            } else if e.serving && e.terminating {
+                terminating.insert(DesiredBackend {
+                    terminating: true,
+                    ..backend
+                });
             }
         }
     }
@@ -356,6 +443,16 @@ mod tests {
         }))
     }
 
+    /// `frontends` on the API objects, as node `node` sees them.
+    fn frontends_of(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Vec<DesiredFrontend> {
+        let infos: Vec<SliceInfo> = slices
+            .iter()
+            .map(|s| SliceInfo::new(s, "kubernetes.io/service-name", node))
+            .collect();
+        let refs: Vec<&SliceInfo> = infos.iter().collect();
+        frontends(&ServiceInfo::new(svc), &refs)
+    }
+
     fn addrs(f: &DesiredFrontend) -> Vec<String> {
         f.backends.iter().map(|b| b.key.name()).collect()
     }
@@ -368,7 +465,7 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
         }));
         let s = web_slice();
-        let f = frontends(&svc, &[&s], "n1");
+        let f = frontends_of(&svc, &[&s], "n1");
         assert_eq!(f.len(), 1);
         assert_eq!(
             f[0].key,
@@ -395,7 +492,7 @@ mod tests {
             .as_mut()
             .expect("endpoints")
             .retain(|e| e.addresses[0] != "10.244.1.2" && e.addresses[0] != "10.244.2.2");
-        let f = frontends(&svc, &[&s], "n1");
+        let f = frontends_of(&svc, &[&s], "n1");
         assert_eq!(addrs(&f[0]), ["10.244.1.3:8080/TCP"]);
         assert!(f[0].backends[0].terminating);
     }
@@ -410,7 +507,7 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
         }));
         let s = web_slice();
-        let f = frontends(&svc, &[&s], "n1");
+        let f = frontends_of(&svc, &[&s], "n1");
         assert_eq!(f.len(), 3);
         let internal = f
             .iter()
@@ -438,8 +535,8 @@ mod tests {
             "metadata": {"name": "ext", "namespace": "default"},
             "spec": {"type": "ExternalName", "externalName": "example.org"}
         }));
-        assert!(frontends(&headless, &[], "n1").is_empty());
-        assert!(frontends(&external, &[], "n1").is_empty());
+        assert!(frontends_of(&headless, &[], "n1").is_empty());
+        assert!(frontends_of(&external, &[], "n1").is_empty());
     }
 
     #[test]
@@ -455,7 +552,7 @@ mod tests {
             "ports": [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["10.244.1.9"]}]
         }));
-        let f = frontends(&svc, &[&s], "n1");
+        let f = frontends_of(&svc, &[&s], "n1");
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].key.proto, Proto::Udp);
         assert_eq!(addrs(&f[0]), ["10.244.1.9:5353/UDP"]);

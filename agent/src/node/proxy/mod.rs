@@ -95,11 +95,12 @@ pub enum ProxyError {
     },
 }
 
-/// The API objects the proxy reflects.
+/// The API objects the proxy reflects, reduced to what decides the datapath.
 #[derive(Debug, Default)]
 struct Cache {
-    services: HashMap<ServiceKey, Service>,
-    slices: HashMap<(String, String), EndpointSlice>,
+    node: String,
+    services: HashMap<ServiceKey, desired::ServiceInfo>,
+    slices: HashMap<(String, String), desired::SliceInfo>,
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
 }
 
@@ -107,47 +108,32 @@ fn service_key(svc: &Service) -> ServiceKey {
     (svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
-fn slice_owner(slice: &EndpointSlice) -> Option<ServiceKey> {
-    let svc = slice.labels().get(SERVICE_NAME_LABEL)?;
-    Some((slice.namespace().unwrap_or_default(), svc.clone()))
-}
-
-/// Drops what the proxy never reads, so 10,000 services and their slices stay small in memory.
-fn slim_service(mut svc: Service) -> Service {
-    let meta = &mut svc.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.selector = None;
-    }
-    svc
-}
-
-fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
-    let meta = &mut slice.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
-    }
-    for endpoint in slice.endpoints.iter_mut().flatten() {
-        endpoint.target_ref = None;
-        endpoint.hints = None;
-        endpoint.deprecated_topology = None;
-        endpoint.zone = None;
-        endpoint.hostname = None;
-    }
-    slice
+fn slice_id(slice: &EndpointSlice) -> (String, String) {
+    (slice.namespace().unwrap_or_default(), slice.name_any())
 }
 
 impl Cache {
-    fn put_service(&mut self, svc: Service) -> ServiceKey {
-        let svc = slim_service(svc);
-        let key = service_key(&svc);
-        self.services.insert(key.clone(), svc);
+    fn new(node: &str) -> Self {
+        Cache {
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn service_info(svc: &Service) -> (ServiceKey, desired::ServiceInfo) {
+        (service_key(svc), desired::ServiceInfo::new(svc))
+    }
+
+    fn slice_info(&self, slice: &EndpointSlice) -> ((String, String), desired::SliceInfo) {
+        (
+            slice_id(slice),
+            desired::SliceInfo::new(slice, SERVICE_NAME_LABEL, &self.node),
+        )
+    }
+
+    fn put_service(&mut self, svc: &Service) -> ServiceKey {
+        let (key, info) = Self::service_info(svc);
+        self.services.insert(key.clone(), info);
         key
     }
 
@@ -158,18 +144,17 @@ impl Cache {
     }
 
     /// Stores a slice; returns the services it belonged to before and after.
-    fn put_slice(&mut self, slice: EndpointSlice) -> Vec<ServiceKey> {
-        let slice = slim_slice(slice);
-        let id = (slice.namespace().unwrap_or_default(), slice.name_any());
+    fn put_slice(&mut self, id: (String, String), info: desired::SliceInfo) -> Vec<ServiceKey> {
         let mut touched = self.remove_slice_id(&id);
-        if let Some(owner) = slice_owner(&slice) {
+        if let Some(service) = &info.service {
+            let owner = (id.0.clone(), service.clone());
             self.slices_of
                 .entry(owner.clone())
                 .or_default()
                 .insert(id.1.clone());
             touched.push(owner);
         }
-        self.slices.insert(id, slice);
+        self.slices.insert(id, info);
         touched
     }
 
@@ -177,9 +162,10 @@ impl Cache {
         let Some(old) = self.slices.remove(id) else {
             return Vec::new();
         };
-        let Some(owner) = slice_owner(&old) else {
+        let Some(service) = old.service else {
             return Vec::new();
         };
+        let owner = (id.0.clone(), service);
         if let Some(set) = self.slices_of.get_mut(&owner) {
             set.remove(&id.1);
             if set.is_empty() {
@@ -189,18 +175,18 @@ impl Cache {
         vec![owner]
     }
 
-    fn desired(&self, key: &ServiceKey, node: &str) -> Vec<desired::DesiredFrontend> {
+    fn desired(&self, key: &ServiceKey) -> Vec<desired::DesiredFrontend> {
         let Some(svc) = self.services.get(key) else {
             return Vec::new();
         };
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&desired::SliceInfo> = self
             .slices_of
             .get(key)
             .into_iter()
             .flatten()
             .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())))
             .collect();
-        desired::frontends(svc, &slices, node)
+        desired::frontends(svc, &slices)
     }
 }
 
@@ -325,9 +311,9 @@ pub async fn run(
         link_events.map(Input::Link).boxed(),
     );
 
-    let mut cache = Cache::default();
-    let mut pending_services: Option<HashMap<ServiceKey, Service>> = None;
-    let mut pending_slices: Option<HashMap<(String, String), EndpointSlice>> = None;
+    let mut cache = Cache::new(&node);
+    let mut pending_services: Option<HashMap<ServiceKey, desired::ServiceInfo>> = None;
+    let mut pending_slices: Option<HashMap<(String, String), desired::SliceInfo>> = None;
     let (mut services_listed, mut slices_listed, mut first_sync_done) = (false, false, false);
     let mut dirty: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -377,10 +363,10 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
                     Ok(Event::Init) => pending_services = Some(HashMap::new()),
                     Ok(Event::InitApply(svc)) => {
-                        let svc = slim_service(svc);
+                        let (key, info) = Cache::service_info(&svc);
                         pending_services
                             .get_or_insert_with(HashMap::new)
-                            .insert(service_key(&svc), svc);
+                            .insert(key, info);
                     }
                     Ok(Event::InitDone) => {
                         let fresh = pending_services.take().unwrap_or_default();
@@ -390,7 +376,7 @@ pub async fn run(
                         services_listed = true;
                     }
                     Ok(Event::Apply(svc)) => {
-                        dirty.insert(cache.put_service(svc));
+                        dirty.insert(cache.put_service(&svc));
                     }
                     Ok(Event::Delete(svc)) => {
                         dirty.insert(cache.remove_service(&svc));
@@ -400,27 +386,28 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
                     Ok(Event::Init) => pending_slices = Some(HashMap::new()),
                     Ok(Event::InitApply(slice)) => {
-                        let slice = slim_slice(slice);
-                        pending_slices.get_or_insert_with(HashMap::new).insert(
-                            (slice.namespace().unwrap_or_default(), slice.name_any()),
-                            slice,
-                        );
+                        let (id, info) = cache.slice_info(&slice);
+                        pending_slices
+                            .get_or_insert_with(HashMap::new)
+                            .insert(id, info);
                     }
                     Ok(Event::InitDone) => {
                         let fresh = pending_slices.take().unwrap_or_default();
                         dirty.extend(cache.slices_of.keys().cloned());
                         cache.slices.clear();
                         cache.slices_of.clear();
-                        for slice in fresh.into_values() {
-                            dirty.extend(cache.put_slice(slice));
+                        for (id, info) in fresh {
+                            dirty.extend(cache.put_slice(id, info));
                         }
                         slices_listed = true;
                     }
-                    Ok(Event::Apply(slice)) => dirty.extend(cache.put_slice(slice)),
-                    Ok(Event::Delete(slice)) => dirty.extend(cache.remove_slice_id(&(
-                        slice.namespace().unwrap_or_default(),
-                        slice.name_any(),
-                    ))),
+                    Ok(Event::Apply(slice)) => {
+                        let (id, info) = cache.slice_info(&slice);
+                        dirty.extend(cache.put_slice(id, info));
+                    }
+                    Ok(Event::Delete(slice)) => {
+                        dirty.extend(cache.remove_slice_id(&slice_id(&slice)))
+                    }
                 },
                 Input::Link(event) => pod_links.on_event(&mut datapath, event),
             }
@@ -432,12 +419,12 @@ pub async fn run(
         }
         let sync_started = Instant::now();
         let result = if first_sync_done {
-            sync_dirty(&mut syncer, &cache, &node, &mut dirty)
+            sync_dirty(&mut syncer, &cache, &mut dirty)
         } else {
             let all: Vec<(ServiceKey, Vec<desired::DesiredFrontend>)> = cache
                 .services
                 .keys()
-                .map(|k| (k.clone(), cache.desired(k, &node)))
+                .map(|k| (k.clone(), cache.desired(k)))
                 .collect();
             let count = all.len();
             let r = syncer.sync_all(all).map(|c| c.writes);
@@ -492,12 +479,11 @@ fn syncer_store_delete(
 fn sync_dirty(
     syncer: &mut Syncer<ProxyMaps>,
     cache: &Cache,
-    node: &str,
     dirty: &mut BTreeSet<ServiceKey>,
 ) -> Result<usize, aya::maps::MapError> {
     let mut writes = 0;
     while let Some(key) = dirty.pop_first() {
-        let desired = cache.desired(&key, node);
+        let desired = cache.desired(&key);
         match syncer.sync_service(key.clone(), desired) {
             Ok(c) => writes += c.writes,
             Err(e) => {
