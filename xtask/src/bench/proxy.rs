@@ -1518,43 +1518,43 @@ async fn block_windlass(
     let data_path = data.path().to_path_buf();
     // The agent's command line, for its first start and the cold restart below.
     let agent_command = || -> Result<Command> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&agent_log)?;
-    let data = &data_path;
-    let mut command = Command::new(bin.join("windlass"));
-    command
-        .arg("agent")
-        .arg("--kubeconfig")
-        .arg(server.data.path().join("admin.kubeconfig"))
-        .args(["--node-name", &node_name, "--node-ip", &NODE_IP.to_string()])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--cgroup-root", &scratch.cgroup_root])
-        .arg("--pod-log-dir")
-        .arg(data.join("logs"))
-        .arg("--shim")
-        .arg(bin.join("windlass-shim"))
-        .arg("--cni-plugin")
-        .arg(bin.join("windlass-cni"))
-        .arg("--bpf-root")
-        .arg(&scratch.bpf_root)
-        .args(["--service-cidr", SERVICE_CIDR])
-        .args(["--metrics-bind-address", METRICS_ADDRESS])
-        .env(
-            "RUST_LOG",
-            std::env::var("WINDLASS_BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    {
-        use std::os::unix::process::CommandExt;
-        // Its own process group: a Ctrl-C reaches the bench, which then tears down in order.
-        command.process_group(0);
-    }
-    Ok(command)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&agent_log)?;
+        let data = &data_path;
+        let mut command = Command::new(bin.join("windlass"));
+        command
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(server.data.path().join("admin.kubeconfig"))
+            .args(["--node-name", &node_name, "--node-ip", &NODE_IP.to_string()])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--cgroup-root", &scratch.cgroup_root])
+            .arg("--pod-log-dir")
+            .arg(data.join("logs"))
+            .arg("--shim")
+            .arg(bin.join("windlass-shim"))
+            .arg("--cni-plugin")
+            .arg(bin.join("windlass-cni"))
+            .arg("--bpf-root")
+            .arg(&scratch.bpf_root)
+            .args(["--service-cidr", SERVICE_CIDR])
+            .args(["--metrics-bind-address", METRICS_ADDRESS])
+            .env(
+                "RUST_LOG",
+                std::env::var("WINDLASS_BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        {
+            use std::os::unix::process::CommandExt;
+            // Its own process group: a Ctrl-C reaches the bench, which then tears down in order.
+            command.process_group(0);
+        }
+        Ok(command)
     };
     let mut command = agent_command()?;
     let mut agent = Agent {
@@ -1763,8 +1763,7 @@ async fn block_windlass(
         let _ = child.wait();
     }
     let pin_dir = scratch.bpf_root.join(&node_name);
-    std::fs::remove_dir_all(&pin_dir)
-        .with_context(|| format!("remove {}", pin_dir.display()))?;
+    std::fs::remove_dir_all(&pin_dir).with_context(|| format!("remove {}", pin_dir.display()))?;
     let mut command = agent_command()?;
     let cold_started = Instant::now();
     agent.child = Some(
