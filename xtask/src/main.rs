@@ -44,7 +44,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark (`apiserver`, `cni`, `scheduler`, `kubelet`); results go to target/bench/.
+    /// Run a benchmark (`apiserver`, `cni`, `scheduler`, `kubelet`, `proxy`); results go to
+    /// target/bench/.
     Bench {
         /// Which benchmark.
         name: String,
@@ -69,7 +70,7 @@ fn main() -> Result<()> {
             deps::ensure()?;
             bail!(
                 "`windlass up --data-dir {data_dir}` is not built yet: the single-node cluster \
-                 arrives with the control plane, kubelet, CNI and proxy issues (#3-#8)"
+                 arrives with issue 8 (windlass up, cluster DNS, multi-node)"
             )
         }
     }
