@@ -1,12 +1,12 @@
-//! `cargo xtask test`: installs missing dependencies, lints, then runs every unit and privileged
-//! test with cargo-nextest (cargo test when nextest is absent), and finally the leak check, alone,
-//! once the suite is done.
+//! `cargo xtask test`: installs missing dependencies, lints, builds the binaries and the test
+//! images, then runs every unit and privileged test with cargo-nextest (cargo test when nextest
+//! is absent), and finally the leak check, alone, once the suite is done.
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{deps, paths};
+use crate::{deps, images, paths};
 
 /// Runs the whole suite; `args` are passed to the test runner (a filter, for example).
 pub fn run(lint: bool, args: &[String]) -> Result<()> {
@@ -29,8 +29,10 @@ pub fn run(lint: bool, args: &[String]) -> Result<()> {
         ])?;
     }
     // Integration tests run the real binaries (`windlass server`, ...), which test builds alone
-    // do not produce.
+    // do not produce, and import the test images (`cargo xtask images`; unchanged ones are
+    // left alone).
     paths::cargo(&["build", "--workspace", "--bins"])?;
+    images::run()?;
     let tools_bin = paths::tools_dir().join("bin");
     let nextest = has_nextest();
     let mut suite = test_command(nextest);
