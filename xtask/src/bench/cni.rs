@@ -22,7 +22,7 @@
 //! it is on disk under `target/bench/`, as a node's `/var/lib` is) to show what storage costs.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use windlass_cni::netns::NetNs;
 
-use super::percentile;
+use super::{percentile, random_hex};
 use crate::paths;
 
 /// Pods attached and detached per phase.
@@ -191,15 +191,6 @@ impl Topology {
             .context("look up a link in the node namespace")?;
         Ok(out.status.success())
     }
-}
-
-/// Random bytes from the kernel, as lowercase hex.
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("read /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Fresh sandboxes for one round: 64-hex container ids like containerd's, UUID-shaped pod uids.

@@ -24,12 +24,10 @@
 //! and keeps each agent's log as `target/bench/kubelet-<runtime>-agent.log`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,7 +40,8 @@ use windlass_cni::netns::NetNs;
 
 use self::containerd::Containerd;
 use super::apiserver::{HttpsClient, Server, client, create_namespace, each_event, request, start};
-use super::percentile;
+use super::node::{Forwarder, kill9, processes, reap_orphans, remove_cgroups};
+use super::{env_or, percentile, random_hex, round, status_kib};
 use crate::paths;
 
 mod containerd;
@@ -67,104 +66,6 @@ const TARGET_P99_MS: f64 = 1000.0;
 const TARGET_BURST_S: f64 = 20.0;
 const TARGET_RSS_MIB: f64 = 50.0;
 const TARGET_CPU_PERCENT: f64 = 1.0;
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow!("{key}={v:?} is not a valid value")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("read /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
-}
-
-/// Relays connections made to `127.0.0.1:port` inside the node namespace to the same port on
-/// the host's loopback, so the admin kubeconfig works unchanged from inside the node.
-struct Forwarder {
-    stop: Arc<AtomicBool>,
-    ns: PathBuf,
-    port: u16,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Forwarder {
-    fn start(node: &NetNs, port: u16) -> Result<Self> {
-        let listener = node
-            .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))?
-            .with_context(|| format!("listen on 127.0.0.1:{port} in the node namespace"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        // A blocking accept: the forwarder uses no CPU while the agent is idle.
-        let thread = std::thread::spawn(move || {
-            for inside in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(inside) = inside else { continue };
-                if let Ok(outside) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                    let _ = inside.set_nodelay(true);
-                    let _ = outside.set_nodelay(true);
-                    relay(inside, outside);
-                }
-            }
-        });
-        Ok(Forwarder {
-            stop,
-            ns: node.path().to_path_buf(),
-            port,
-            thread: Some(thread),
-        })
-    }
-}
-
-fn relay(a: TcpStream, b: TcpStream) {
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16384];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    if let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) {
-        pipe(a, b2);
-        pipe(b, a2);
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept with one last connection from inside the namespace.
-        let port = self.port;
-        if let Ok(ns) = NetNs::open(&self.ns) {
-            let _ = ns.run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, port)));
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A `windlass agent` in the node namespace, and everything it made: killed and removed on drop.
 struct Agent {
@@ -296,117 +197,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.cleanup();
     }
-}
-
-fn processes() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-fn kill9(pid: u32) -> nix::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-}
-
-/// Reaps zombie children that are not the server or agent (shims and runc processes whose
-/// parent died hand them to this process, a child subreaper).
-fn reap_orphans() {
-    let me = std::process::id().to_string();
-    for pid in processes() {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some((comm, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next());
-        if state == Some("Z")
-            && ppid == Some(me.as_str())
-            && !comm.ends_with("(windlass")
-            && let Ok(pid) = i32::try_from(pid)
-        {
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
-        }
-    }
-}
-
-/// Kills every process in the cgroup `relative` of every hierarchy, then removes its
-/// directories deepest first (what `tests/harness/cgroup.rs` does for the tests).
-fn remove_cgroups(relative: &str) -> Result<()> {
-    const HIERARCHIES: &str = "/sys/fs/cgroup";
-    let relative = relative.trim_start_matches('/');
-    if relative.is_empty() {
-        bail!("refusing to remove the root cgroup");
-    }
-    let roots: Vec<PathBuf> = std::fs::read_dir(HIERARCHIES)
-        .with_context(|| format!("list {HIERARCHIES}"))?
-        .filter_map(Result::ok)
-        .map(|h| h.path().join(relative))
-        .chain(std::iter::once(Path::new(HIERARCHIES).join(relative)))
-        .filter(|p| p.is_dir())
-        .collect();
-    for root in &roots {
-        let _ = std::fs::write(root.join("cgroup.kill"), "1");
-        for dir in deepest_first(root) {
-            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut left = Vec::new();
-        for root in &roots {
-            for dir in deepest_first(root) {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<u32>().ok())
-                {
-                    let _ = kill9(pid);
-                }
-                match std::fs::remove_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(_) => left.push(dir),
-                }
-            }
-        }
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let left: Vec<String> = left.iter().map(|d| d.display().to_string()).collect();
-            bail!("could not remove cgroups {}", left.join(", "));
-        }
-        reap_orphans();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn deepest_first(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        let children: Vec<PathBuf> = std::fs::read_dir(&dirs[i])
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        dirs.extend(children);
-        i += 1;
-    }
-    dirs.reverse();
-    dirs
 }
 
 /// Server, node namespace and agent for one runtime. Field order is drop order: the agent and
@@ -803,16 +593,6 @@ fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
         bail!("short /proc/{pid}/stat");
     }
     Ok((f[0] + f[1], f[2] + f[3]))
-}
-
-fn status_kib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{field} of {pid}"))
 }
 
 fn clock_ticks() -> f64 {

@@ -60,7 +60,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,7 +73,8 @@ use windlass_cni::netns::NetNs;
 
 use self::bpf::PinnedMap;
 use super::apiserver::{HttpsClient, Server, client, create_namespace, request, start};
-use super::percentile;
+use super::node::{Forwarder, remove_cgroups};
+use super::{env_or, percentile, random_hex, round, status_kib};
 use crate::paths;
 
 const NAMESPACE: &str = "bench";
@@ -118,28 +119,6 @@ fn check_interrupted() -> Result<()> {
         bail!("interrupted");
     }
     Ok(())
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow!("{key}={v:?} is not a valid value")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("read /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
 }
 
 fn median(samples: &[f64]) -> f64 {
@@ -643,81 +622,6 @@ fn wait_datapath(
 // ---------------------------------------------------------------------------------------------
 // Processes and namespaces.
 
-/// Relays connections made to `127.0.0.1:port` inside the node namespace to the same port on
-/// the host's loopback, so the admin kubeconfig works unchanged from inside the node (as in
-/// `bench kubelet`).
-struct Forwarder {
-    stop: Arc<AtomicBool>,
-    ns: PathBuf,
-    port: u16,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Forwarder {
-    fn start(node: &NetNs, port: u16) -> Result<Self> {
-        let listener = node
-            .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))?
-            .with_context(|| format!("listen on 127.0.0.1:{port} in the node namespace"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            for inside in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(inside) = inside else { continue };
-                if let Ok(outside) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                    let _ = inside.set_nodelay(true);
-                    let _ = outside.set_nodelay(true);
-                    relay(inside, outside);
-                }
-            }
-        });
-        Ok(Forwarder {
-            stop,
-            ns: node.path().to_path_buf(),
-            port,
-            thread: Some(thread),
-        })
-    }
-}
-
-fn relay(a: TcpStream, b: TcpStream) {
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16384];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    if let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) {
-        pipe(a, b2);
-        pipe(b, a2);
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let port = self.port;
-        if let Ok(ns) = NetNs::open(&self.ns) {
-            let _ = ns.run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, port)));
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The TCP server in the server namespace: one request, one reply, close.
 struct EchoServer {
     stop: Arc<AtomicBool>,
@@ -1084,71 +988,6 @@ pub fn client_main() -> Result<()> {
     Ok(())
 }
 
-/// Kills every process in the cgroup `relative` of every hierarchy, then removes its
-/// directories deepest first (as `bench kubelet` does).
-fn remove_cgroups(relative: &str) -> Result<()> {
-    const HIERARCHIES: &str = "/sys/fs/cgroup";
-    let relative = relative.trim_start_matches('/');
-    if relative.is_empty() {
-        bail!("refusing to remove the root cgroup");
-    }
-    let roots: Vec<PathBuf> = std::fs::read_dir(HIERARCHIES)
-        .with_context(|| format!("list {HIERARCHIES}"))?
-        .filter_map(Result::ok)
-        .map(|h| h.path().join(relative))
-        .chain(std::iter::once(Path::new(HIERARCHIES).join(relative)))
-        .filter(|p| p.is_dir())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut left = Vec::new();
-        for root in &roots {
-            for dir in deepest_first(root) {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                match std::fs::remove_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(_) => left.push(dir),
-                }
-            }
-        }
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("could not remove cgroups {left:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn deepest_first(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        let children: Vec<PathBuf> = std::fs::read_dir(&dirs[i])
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        dirs.extend(children);
-        i += 1;
-    }
-    dirs.reverse();
-    dirs
-}
-
 /// The bench's cgroup subtree (`/<prefix>` in every hierarchy) and BPF pin directory; removed
 /// on drop, after every process in them is killed.
 struct Scratch {
@@ -1421,16 +1260,6 @@ async fn windlass_rates(
     let server_cpu = (cpu_seconds(server_pid)? - s0) / wall * 100.0;
     agent.check_running()?;
     Ok((rate, (agent_cpu, server_cpu)))
-}
-
-fn status_kib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{field} of {pid}"))
 }
 
 async fn wait_node_ready(

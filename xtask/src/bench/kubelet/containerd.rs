@@ -231,7 +231,7 @@ impl Containerd {
     /// Pids of containerd shims whose `-address` is this containerd's socket.
     pub fn shims(&self) -> Vec<u32> {
         let socket = self.socket.as_os_str().as_encoded_bytes();
-        super::processes()
+        super::super::node::processes()
             .into_iter()
             .filter(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -279,27 +279,27 @@ impl Containerd {
         let shim_sockets = self.shim_sockets();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            super::reap_orphans();
+            super::super::node::reap_orphans();
             let shims = self.shims();
             if shims.is_empty() || Instant::now() > deadline {
                 break;
             }
             for pid in shims {
-                let _ = super::kill9(pid);
+                let _ = super::super::node::kill9(pid);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         for socket in shim_sockets {
             let _ = std::fs::remove_file(socket);
         }
-        if let Err(e) = super::remove_cgroups(&self.cgroup_root) {
+        if let Err(e) = super::super::node::remove_cgroups(&self.cgroup_root) {
             eprintln!("bench kubelet: {e:#}");
         }
         unmount_under(self.dir.path());
         for id in &left {
             remove_libcni_cache(id);
         }
-        super::reap_orphans();
+        super::super::node::reap_orphans();
     }
 
     /// The sockets named by the `address` files of this instance's shim bundles.
