@@ -3,7 +3,7 @@
 //! datapath keeps working while the agent is down. A new agent attaches its own links first and
 //! then renames them over the old pins, which detaches the old programs with no gap.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +103,8 @@ pub enum DatapathError {
 pub struct Datapath {
     ebpf: Ebpf,
     dir: PathBuf,
-    loaded: HashMap<String, bool>,
+    /// Programs already loaded into the kernel (each is loaded once, attached many times).
+    loaded: HashSet<String>,
 }
 
 impl Datapath {
@@ -125,13 +126,8 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             dir: dir.to_path_buf(),
-            loaded: HashMap::new(),
+            loaded: HashSet::new(),
         })
-    }
-
-    /// The pin dir.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Takes a map out of the object (each map once).
@@ -198,9 +194,9 @@ impl Datapath {
             .ok_or_else(|| DatapathError::MissingProgram(program.to_string()))?
             .try_into()
             .map_err(attach_err)?;
-        if !self.loaded.contains_key(program) {
+        if !self.loaded.contains(program) {
             load(prog).map_err(attach_err)?;
-            self.loaded.insert(program.to_string(), true);
+            self.loaded.insert(program.to_string());
         }
         let link: FdLink = attach(prog)
             .map_err(attach_err)?

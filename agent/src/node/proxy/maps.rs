@@ -77,14 +77,6 @@ impl ProxyMaps {
         Ok(())
     }
 
-    /// New connections of a service id, summed over CPUs.
-    pub fn connections(&self, service_id: u16) -> u64 {
-        self.metrics
-            .get(&u32::from(service_id), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
-    }
-
     /// Forgets the tc path's UDP flows to `gone` backends, so their next datagram picks a live
     /// one (kube-proxy clears UDP conntrack entries for the same reason). TCP flows stay: a
     /// terminating backend finishes its connections.

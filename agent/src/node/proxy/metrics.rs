@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Map, MapData, PerCpuArray};
@@ -28,15 +28,26 @@ pub struct Label {
 /// Labels by service id, kept current by the proxy loop.
 pub type Labels = Arc<Mutex<HashMap<u16, Label>>>;
 
+/// The datapath's per-CPU connection counters, opened from their pin once.
+pub type Counters = Arc<PerCpuArray<MapData, u64>>;
+
+/// Opens the pinned counters of `pin_dir` (the agent has loaded the datapath by then).
+pub fn open_counters(pin_dir: &Path) -> Option<Counters> {
+    let map = MapData::from_pin(pin_dir.join(map_names::METRICS)).ok()?;
+    PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(map))
+        .ok()
+        .map(Arc::new)
+}
+
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, pin_dir: PathBuf, labels: Labels) {
+pub async fn serve(listener: tokio::net::TcpListener, counters: Option<Counters>, labels: Labels) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let pin_dir = pin_dir.clone();
+            let counters = counters.clone();
             let labels = Arc::clone(&labels);
             async move {
-                let body = render(&pin_dir, &labels);
+                let body = render(counters.as_deref(), &labels);
                 (
                     [(
                         http::header::CONTENT_TYPE,
@@ -59,10 +70,7 @@ fn escape(v: &str) -> String {
 }
 
 /// The exposition text.
-pub fn render(pin_dir: &std::path::Path, labels: &Labels) -> String {
-    let counters = MapData::from_pin(pin_dir.join(map_names::METRICS))
-        .ok()
-        .and_then(|m| PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(m)).ok());
+pub fn render(counters: Option<&PerCpuArray<MapData, u64>>, labels: &Labels) -> String {
     let mut rows: Vec<(u16, Label)> = labels
         .lock()
         .map(|l| l.iter().map(|(k, v)| (*k, v.clone())).collect())
@@ -75,7 +83,6 @@ pub fn render(pin_dir: &std::path::Path, labels: &Labels) -> String {
     );
     for (id, l) in &rows {
         let n: u64 = counters
-            .as_ref()
             .and_then(|c| c.get(&u32::from(*id), 0).ok())
             .map(|v| v.iter().sum())
             .unwrap_or(0);

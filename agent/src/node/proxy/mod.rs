@@ -243,7 +243,7 @@ pub async fn run(
     let adopted = frontends.len();
     let mut syncer = Syncer::adopt(maps, frontends, backends);
     for key in leftovers {
-        let _ = syncer_store_delete(&mut syncer, key);
+        let _ = sync::Store::delete_slot(syncer.store_mut(), key);
     }
 
     // Attach: socket programs, the uplink, and every pod veth there is.
@@ -276,11 +276,8 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ProxyError::Metrics { addr, source })?;
-        tokio::spawn(metrics::serve(
-            listener,
-            options.pin_dir(),
-            Arc::clone(&labels),
-        ));
+        let counters = metrics::open_counters(&options.pin_dir());
+        tokio::spawn(metrics::serve(listener, counters, Arc::clone(&labels)));
     }
     tracing::info!(
         node = %node,
@@ -465,14 +462,6 @@ pub async fn run(
     }
     tracing::info!(node = %node, "service proxy stopped; the datapath stays attached");
     Ok(())
-}
-
-fn syncer_store_delete(
-    syncer: &mut Syncer<ProxyMaps>,
-    key: crate::ebpf::proxy::SvcKey,
-) -> Result<(), aya::maps::MapError> {
-    use sync::Store as _;
-    syncer.store_mut().delete_slot(key)
 }
 
 /// Syncs the dirty services one by one; those that fail stay dirty.
