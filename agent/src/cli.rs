@@ -55,7 +55,20 @@ pub enum Command {
         /// Run the API server alone, without the scheduler and controllers.
         #[arg(long)]
         disable_controllers: bool,
+        /// The address pods and other nodes reach this server at (the `kubernetes` Service's
+        /// endpoint; also in the serving certificate). Default: the listen address, or this
+        /// host's first global IPv4 address when listening on all.
+        #[arg(long)]
+        advertise_address: Option<std::net::IpAddr>,
     },
+    /// Run a single-node cluster on this host: the server (embedded SQLite) and an agent in one
+    /// process. Ctrl-C stops both; pods keep running unless --stop-pods, and the next `up`
+    /// re-adopts them.
+    Up(Box<UpArgs>),
+    /// Remove everything `windlass agent` or `windlass up` set up on this node (pods and their
+    /// shims, cgroups, mounts, the bridge and routes, CNI state, BPF programs and pins, the
+    /// cluster state in the data dir; images are kept), as `kubeadm reset` does. Idempotent.
+    Reset(Box<ResetArgs>),
     /// Run the scheduler and controllers against an API server (like kube-controller-manager
     /// and kube-scheduler), apart from `windlass server --disable-controllers`.
     Controllers {
@@ -137,11 +150,61 @@ pub enum ImageCommand {
     },
 }
 
+/// `windlass up` flags.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Cluster state, credentials (`admin.kubeconfig`), images and node state.
+    #[arg(long, default_value = "/var/lib/windlass")]
+    pub data_dir: PathBuf,
+    /// The API server's HTTPS listen address (all addresses, so pods and other nodes reach it).
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub listen: SocketAddr,
+    /// The range nodes' pod CIDRs (/24 each) are cut from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// On Ctrl-C, also stop and remove the node's pods (by default they keep running).
+    #[arg(long)]
+    pub stop_pods: bool,
+    /// More `windlass agent` flags, after `--` (for example `-- --node-ip 192.0.2.2`).
+    #[arg(last = true)]
+    pub agent_args: Vec<String>,
+}
+
+/// `windlass reset` flags: the agent's, so it finds what that agent made.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// The data dir of `windlass up` / `windlass agent`.
+    #[arg(long, default_value = "/var/lib/windlass")]
+    pub data_dir: PathBuf,
+    /// The Node's name (default: the host name); names the BPF pin dir.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The agent's `--cgroup-root`.
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
+    /// The agent's `--bpf-root`.
+    #[arg(long, default_value = "/sys/fs/bpf/windlass")]
+    pub bpf_root: PathBuf,
+    /// The agent's `--bridge`.
+    #[arg(long, default_value = "wl0")]
+    pub bridge: String,
+    /// The agent's `--service-cidr` (its unreachable route is removed).
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// The agent's `--cni-conf-dir`, if it wrote a conflist there.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+}
+
 /// `windlass agent` flags.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// A kubeconfig for the API server (an admin one, or a node's from the join step).
-    #[arg(long, required_unless_present = "server", conflicts_with_all = ["server", "token"])]
+    /// A kubeconfig for the API server (an admin one, or a node's from the join step). Without
+    /// it or --server, the agent uses in-cluster credentials (when run as a DaemonSet).
+    #[arg(long, conflicts_with_all = ["server", "token"])]
     pub kubeconfig: Option<PathBuf>,
     /// Join the cluster at this API server URL (with --token) instead of using a kubeconfig.
     #[arg(long, requires = "token")]
@@ -206,9 +269,24 @@ pub struct AgentArgs {
     /// The service proxy pins its maps and program links under `<bpf-root>/<node-name>/`.
     #[arg(long, default_value = "/sys/fs/bpf/windlass")]
     pub bpf_root: PathBuf,
+    /// Do not run the kubelet: the agent only serves the node's network, proxy and DNS (as a
+    /// DaemonSet on a cluster whose kubelet is the real one).
+    #[arg(long)]
+    pub disable_kubelet: bool,
     /// Do not run the eBPF service proxy (another proxy, such as kube-proxy, does the job).
     #[arg(long)]
     pub disable_proxy: bool,
+    /// Do not set up the node network (routes to other nodes' podCIDRs, masquerade): another
+    /// CNI or the host does the job.
+    #[arg(long)]
+    pub disable_network: bool,
+    /// How packets reach pods on other nodes: `none` routes directly via the nodes' addresses
+    /// (one L2 network), `vxlan` tunnels them (UDP 8472, flannel's scheme).
+    #[arg(long, value_enum, default_value_t = Overlay::None)]
+    pub overlay: Overlay,
+    /// The range of all pod CIDRs; pod traffic to anywhere else leaves with the node's address.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
     /// The service CIDR; it gets an unreachable route so a missed service address never
     /// leaves the node.
     #[arg(long, default_value = "10.96.0.0/16")]
@@ -216,6 +294,31 @@ pub struct AgentArgs {
     /// Where the proxy serves Prometheus metrics (`/metrics`); empty turns it off.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: String,
+    /// The nameserver pods with dnsPolicy ClusterFirst get (the kube-dns Service's ClusterIP);
+    /// comma-separated, kubelet's flag.
+    #[arg(long, default_value = "10.96.0.10", value_delimiter = ',')]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster domain the agent's DNS serves and pods search.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where the agent's DNS server listens, UDP and TCP (default: the node IP, port 53).
+    #[arg(long)]
+    pub dns_bind_address: Option<std::net::SocketAddr>,
+    /// Do not serve cluster DNS (another DNS, such as CoreDNS, does the job).
+    #[arg(long)]
+    pub disable_dns: bool,
+    /// The node's resolver configuration: the DNS server's upstreams and the pods' host DNS.
+    #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
+    pub resolv_conf: PathBuf,
+}
+
+/// How the agent's node network reaches other nodes' pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Overlay {
+    /// Direct routes via the peers' addresses (flannel host-gw).
+    None,
+    /// A VXLAN device (flannel's vxlan backend).
+    Vxlan,
 }
 
 /// Which container runtime the agent uses.

@@ -10,8 +10,10 @@ use windlass::control_plane::server::{self, StoreKind};
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // hickory-server logs every DNS question at info.
+                tracing_subscriber::EnvFilter::new("info,hickory_server=warn")
+            }),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
@@ -27,6 +29,7 @@ fn main() -> anyhow::Result<()> {
             node_monitor_grace_seconds,
             default_toleration_seconds,
             disable_controllers,
+            advertise_address,
         } => {
             let controllers = if disable_controllers {
                 None
@@ -56,11 +59,17 @@ fn main() -> anyhow::Result<()> {
                 tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
             runtime
                 .block_on(server::run(
-                    data_dir,
-                    listen,
                     store,
-                    std::time::Duration::from_secs(compaction_interval_seconds.max(1)),
-                    controllers,
+                    windlass::control_plane::apiserver::ServerOptions {
+                        data_dir,
+                        listen,
+                        ranges: Default::default(),
+                        compaction_interval: std::time::Duration::from_secs(
+                            compaction_interval_seconds.max(1),
+                        ),
+                        controllers,
+                        advertise: advertise_address,
+                    },
                     |running| {
                         tracing::info!(addr = %running.addr, kubeconfig = %running.kubeconfig.display(), "API server ready");
                         println!(
@@ -98,7 +107,13 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        cli::Command::Agent(args) => run_agent(*args)?,
+        cli::Command::Agent(args) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+            runtime.block_on(run_agent(*args, shutdown_signal().boxed().shared()))?;
+        }
+        cli::Command::Up(args) => run_up(*args)?,
+        cli::Command::Reset(args) => run_reset(*args)?,
         cli::Command::Version => {
             println!("windlass {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -173,8 +188,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `windlass agent`: the kubelet on this node.
-fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
+/// How every part of a process learns it should stop: Ctrl-C or SIGTERM, shared.
+type Shutdown = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// `windlass agent`: the kubelet, the service proxy and the node's network on this node.
+async fn run_agent(args: cli::AgentArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // containerd runs CNI itself, from the conflist the agent writes into its conf dir.
     let (runtime_choice, cni_conf_dir) = match args.runtime {
         cli::RuntimeKind::Oci => (
@@ -189,10 +207,6 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
             },
             Some(args.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into())),
         ),
-    };
-    let beside = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-        let exe = std::env::current_exe().context("cannot find this binary")?;
-        Ok(exe.with_file_name(name))
     };
     let node_name = match args.node_name {
         Some(name) => name,
@@ -222,6 +236,38 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
             },
         })
     };
+    let network = if args.disable_network {
+        None
+    } else {
+        let (ip, len) = parse_cidr(&args.cluster_cidr)?;
+        Some(windlass::node::network::NetworkOptions {
+            node_name: node_name.clone(),
+            node_ip: match &args.node_ip {
+                Some(ip) => Some(
+                    ip.parse()
+                        .with_context(|| format!("--node-ip {ip:?} is not an IPv4 address"))?,
+                ),
+                None => None,
+            },
+            overlay: match args.overlay {
+                cli::Overlay::None => windlass::node::network::Overlay::None,
+                cli::Overlay::Vxlan => windlass::node::network::Overlay::Vxlan,
+            },
+            cluster_cidr: windlass::node::network::desired::Cidr::new(ip, len).with_context(
+                || format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr),
+            )?,
+        })
+    };
+    let dns = if args.disable_dns {
+        None
+    } else {
+        Some(dns_options(
+            args.dns_bind_address,
+            args.node_ip.as_deref(),
+            &args.cluster_domain,
+            &args.resolv_conf,
+        )?)
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let options = windlass::node::kubelet::KubeletOptions {
@@ -249,11 +295,34 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
         runtime: runtime_choice,
         kubelet_port: args.kubelet_port,
         client_ca: Vec::new(),
+        cluster_dns: windlass::node::dns::resolv_conf::ClusterDns {
+            servers: args.cluster_dns.clone(),
+            domain: args.cluster_domain.clone(),
+        },
+        resolv_conf: args.resolv_conf.clone(),
     };
-    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
-    runtime.block_on(async {
+    {
         let kubeconfig_path = match (args.kubeconfig, args.server, args.token) {
             (Some(path), _, _) => path,
+            (None, None, _) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                // In a pod (the DaemonSet): the service account's credentials.
+                let config = kube::Config::incluster()
+                    .context("cannot use the pod's in-cluster credentials")?;
+                let mut options = options;
+                options.client_ca = config.root_cert.clone().unwrap_or_default();
+                let client = kube::Client::try_from(config)
+                    .context("cannot use the pod's in-cluster credentials")?;
+                return run_parts(
+                    client,
+                    options,
+                    proxy,
+                    network,
+                    dns,
+                    !args.disable_kubelet,
+                    shutdown,
+                )
+                .await;
+            }
             (None, Some(server), Some(token)) => windlass::node::join::ensure_joined(
                 &server,
                 &token,
@@ -262,7 +331,9 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("cannot join the cluster at {server}"))?,
-            _ => bail!("pass --kubeconfig, or --server with --token"),
+            _ => bail!(
+                "pass --kubeconfig, or --server with --token (or run in a pod, with in-cluster credentials)"
+            ),
         };
         // The kubelet server accepts client certificates signed by the kubeconfig's CA.
         let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
@@ -274,22 +345,251 @@ fn run_agent(args: cli::AgentArgs) -> anyhow::Result<()> {
         options.client_ca = config.root_cert.clone().unwrap_or_default();
         let client = kube::Client::try_from(config)
             .with_context(|| format!("cannot use {}", kubeconfig_path.display()))?;
-        let shutdown = shutdown_signal().shared();
-        let kubelet = windlass::node::kubelet::run(client.clone(), options, shutdown.clone());
-        match proxy {
-            None => kubelet.await.context("windlass agent failed"),
-            Some(proxy) => {
-                // Whichever fails first stops the agent (its pods keep running under their
-                // shims, and the datapath stays attached through its pinned links).
-                let proxy = async {
-                    windlass::node::proxy::run(client, proxy, shutdown)
-                        .await
-                        .context("the service proxy failed")
-                };
-                let kubelet = async { kubelet.await.context("windlass agent failed") };
-                tokio::try_join!(kubelet, proxy).map(|_| ())
+        run_parts(
+            client,
+            options,
+            proxy,
+            network,
+            dns,
+            !args.disable_kubelet,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Runs the agent's parts side by side until shutdown; whichever fails first stops the agent
+/// (its pods keep running under their shims, and the datapath stays attached through its
+/// pinned links).
+async fn run_parts(
+    client: kube::Client,
+    options: windlass::node::kubelet::KubeletOptions,
+    proxy: Option<windlass::node::proxy::ProxyOptions>,
+    network: Option<windlass::node::network::NetworkOptions>,
+    dns: Option<windlass::node::dns::DnsOptions>,
+    kubelet: bool,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let dns = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            match dns {
+                Some(dns) => windlass::node::dns::run(client, dns, shutdown)
+                    .await
+                    .context("the cluster DNS server failed"),
+                None => Ok(()),
             }
         }
+    };
+    let kubelet = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            if kubelet {
+                windlass::node::kubelet::run(client, options, shutdown)
+                    .await
+                    .context("the kubelet failed")
+            } else {
+                Ok(())
+            }
+        }
+    };
+    let proxy = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            match proxy {
+                Some(proxy) => windlass::node::proxy::run(client, proxy, shutdown)
+                    .await
+                    .context("the service proxy failed"),
+                None => Ok(()),
+            }
+        }
+    };
+    let network = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            match network {
+                Some(network) => windlass::node::network::run(client, network, shutdown)
+                    .await
+                    .context("the node network failed"),
+                None => Ok(()),
+            }
+        }
+    };
+    tokio::try_join!(kubelet, proxy, network, dns).map(|_| ())
+}
+
+/// Parses `windlass agent` flags (for `windlass up`, which runs an agent with its defaults).
+#[derive(Debug, clap::Parser)]
+struct AgentOnly {
+    #[command(flatten)]
+    args: cli::AgentArgs,
+}
+
+/// `windlass up`: the server on SQLite and an agent for this host, in one process.
+fn run_up(args: cli::UpArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let controllers = windlass::control_plane::controllers::ControllerOptions {
+        cluster_cidr: parse_cidr(&args.cluster_cidr)?,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown: Shutdown = shutdown_signal().boxed().shared();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let server = server::run(
+            StoreKind::Sqlite,
+            windlass::control_plane::apiserver::ServerOptions {
+                data_dir: data_dir.clone(),
+                listen: args.listen,
+                ranges: Default::default(),
+                compaction_interval: std::time::Duration::from_secs(300),
+                controllers: Some(controllers),
+                advertise: None,
+            },
+            move |running| {
+                let _ = ready_tx.send((
+                    running.addr,
+                    running.kubeconfig.clone(),
+                    running.node_token.clone(),
+                ));
+            },
+            shutdown.clone(),
+        );
+        let server = async { server.await.context("the API server failed") };
+        let agent = async {
+            let Ok((addr, kubeconfig, token_path)) = ready_rx.await else {
+                // The server stopped before it was ready; its error is the one to report.
+                return std::future::pending().await;
+            };
+            let token = std::fs::read_to_string(&token_path)
+                .with_context(|| format!("cannot read {}", token_path.display()))?;
+            let host = if addr.ip().is_unspecified() {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                addr.ip()
+            };
+            let url = format!("https://{}", std::net::SocketAddr::new(host, addr.port()));
+            let mut argv: Vec<std::ffi::OsString> = vec!["windlass agent".into()];
+            for flag in ["--server", url.as_str(), "--token", token.trim()] {
+                argv.push(flag.into());
+            }
+            argv.push("--data-dir".into());
+            argv.push(data_dir.clone().into());
+            argv.extend(args.agent_args.iter().map(Into::into));
+            let agent = <AgentOnly as clap::Parser>::try_parse_from(argv)
+                .context("invalid agent flags after --")?
+                .args;
+            let stop = windlass::node::reset::ResetOptions {
+                data_dir: data_dir.clone(),
+                node_name: String::new(),
+                cgroup_root: agent.cgroup_root.clone(),
+                bpf_root: agent.bpf_root.clone(),
+                bridge: agent.bridge.clone(),
+                service_cidr: parse_service_cidr(&agent.service_cidr)?,
+                cni_conf_dir: None,
+                runc: agent.runc.clone(),
+                shim: match &agent.shim {
+                    Some(p) => p.clone(),
+                    None => beside("windlass-shim")?,
+                },
+                grace: std::time::Duration::from_secs(10),
+            };
+            let advertised = std::net::SocketAddr::new(
+                windlass::control_plane::apiserver::bootstrap::advertise_address(addr),
+                addr.port(),
+            );
+            println!(
+                "windlass is up: API server on https://{advertised} (listening on {addr}); this host \
+                 joins as node {}\nexport KUBECONFIG={}; kubectl get nodes",
+                agent
+                    .node_name
+                    .clone()
+                    .or_else(|| host_name().ok())
+                    .unwrap_or_default(),
+                kubeconfig.display()
+            );
+            run_agent(agent, shutdown.clone()).await?;
+            if args.stop_pods {
+                let (containers, sandboxes) = windlass::node::reset::stop_pods(&stop)
+                    .await
+                    .context("cannot stop the pods")?;
+                println!("stopped {containers} containers in {sandboxes} pods");
+            }
+            anyhow::Ok(())
+        };
+        tokio::try_join!(server, agent).map(|_| ())
+    })
+}
+
+/// `windlass reset`: removes what an agent set up on this node.
+fn run_reset(args: cli::ResetArgs) -> anyhow::Result<()> {
+    let options = windlass::node::reset::ResetOptions {
+        node_name: match args.node_name {
+            Some(name) => name,
+            None => host_name()?,
+        },
+        data_dir: args.data_dir,
+        cgroup_root: args.cgroup_root,
+        bpf_root: args.bpf_root,
+        bridge: args.bridge,
+        service_cidr: parse_service_cidr(&args.service_cidr)?,
+        cni_conf_dir: args.cni_conf_dir,
+        runc: args.runc,
+        shim: beside("windlass-shim")?,
+        grace: std::time::Duration::from_secs(10),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    let errors = runtime.block_on(windlass::node::reset::reset(&options));
+    if errors.is_empty() {
+        println!("node reset: pods, cgroups, mounts, network, BPF pins and state removed");
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("windlass reset: {e}");
+    }
+    bail!(
+        "{} reset steps failed; run it again once the cause is fixed",
+        errors.len()
+    )
+}
+
+/// A sibling of this binary (`windlass-shim`, `windlass-cni`).
+fn beside(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    Ok(exe.with_file_name(name))
+}
+
+/// The agent's DNS server from `--dns-bind-address` (default: the node IP, port 53),
+/// `--cluster-domain` and the nameservers of `--resolv-conf`.
+fn dns_options(
+    bind_address: Option<std::net::SocketAddr>,
+    node_ip: Option<&str>,
+    cluster_domain: &str,
+    resolv_conf: &std::path::Path,
+) -> anyhow::Result<windlass::node::dns::DnsOptions> {
+    let listen = match bind_address {
+        Some(addr) => addr,
+        None => {
+            let ip = match node_ip {
+                Some(ip) => ip.to_string(),
+                None => windlass::node::kubelet::first_ipv4().context(
+                    "cannot pick the DNS server's address: no --node-ip and no global IPv4 address; pass --dns-bind-address or --disable-dns",
+                )?,
+            };
+            let ip: std::net::IpAddr = ip
+                .parse()
+                .with_context(|| format!("--node-ip {ip:?} is not an IP address"))?;
+            std::net::SocketAddr::new(ip, 53)
+        }
+    };
+    let upstreams = windlass::node::dns::upstreams_from_resolv_conf(resolv_conf)
+        .with_context(|| format!("cannot read {}", resolv_conf.display()))?;
+    Ok(windlass::node::dns::DnsOptions {
+        listen,
+        cluster_domain: cluster_domain.to_string(),
+        upstreams,
     })
 }
 

@@ -1,11 +1,8 @@
 //! `windlass server`: opens the configured store and runs the API server until a shutdown
 //! signal.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::apiserver::handlers::ServiceRanges;
 use super::apiserver::{self, RunningServer, ServerError, ServerOptions};
 use super::store::etcd::EtcdStore;
 use super::store::sqlite::SqliteStore;
@@ -37,27 +34,18 @@ pub async fn open_store(
     })
 }
 
-/// Runs the server until `shutdown` resolves.
+/// Opens `store` (in `options.data_dir` for SQLite) and runs the server until `shutdown`
+/// resolves.
 pub async fn run(
-    data_dir: PathBuf,
-    listen: SocketAddr,
     store: StoreKind,
-    compaction_interval: std::time::Duration,
-    controllers: Option<super::controllers::ControllerOptions>,
+    options: ServerOptions,
     on_ready: impl FnOnce(&RunningServer),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::Listen {
-        addr: listen,
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServerError::Listen {
+        addr: options.listen,
         source,
     })?;
-    let store = open_store(&store, &data_dir).await?;
-    let options = ServerOptions {
-        data_dir,
-        listen,
-        ranges: ServiceRanges::default(),
-        compaction_interval,
-        controllers,
-    };
+    let store = open_store(&store, &options.data_dir).await?;
     apiserver::run(options, store, on_ready, shutdown).await
 }

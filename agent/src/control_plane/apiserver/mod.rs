@@ -7,12 +7,14 @@
 //!   printing; [`discovery`]; [`status`]: `metav1.Status` errors; [`serve`]: TLS.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod pod_log;
+pub mod protobuf;
 
 pub mod resources;
 pub mod selectors;
@@ -32,7 +34,7 @@ use axum::body::Bytes;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use self::handlers::{Api, ServiceRanges, Target};
 use self::status::ApiError;
@@ -83,6 +85,9 @@ pub struct ServerOptions {
     pub compaction_interval: std::time::Duration,
     /// The controllers to run alongside (as kube-controller-manager would), or none.
     pub controllers: Option<crate::control_plane::controllers::ControllerOptions>,
+    /// The address pods reach the API server at (the `kubernetes` Service's endpoint); derived
+    /// from the listen address when unset.
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// Compacts the store every `interval` to the revision it had one interval earlier, so watches
@@ -406,9 +411,15 @@ async fn resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let parse_body = || -> Result<Value, ApiError> {
-        // Bodies are JSON (or YAML-free JSON); protobuf and CBOR are refused with 415 so that
-        // clients which prefer them (kubectl >= 1.31 sends protobuf) fall back to JSON.
+        // Bodies are JSON, or protobuf for built-in kinds (kubectl >= 1.31 sends its typed
+        // creates as protobuf and does not fall back to JSON); protobuf of a kind the decoder does
+        // not know, and CBOR, are refused with 415.
         let media = content_type.split(';').next().unwrap_or("").trim();
+        if media == protobuf::MEDIA_TYPE {
+            return protobuf::decode(body).map_err(|e| {
+                ApiError::unsupported_media_type(&format!("{media}, which failed to decode: {e}"))
+            });
+        }
         if !media.is_empty() && media != "application/json" && !media.ends_with("+json") {
             return Err(ApiError::unsupported_media_type(media));
         }
@@ -506,40 +517,6 @@ async fn resource(
     }
 }
 
-/// The namespaces every cluster starts with.
-const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
-
-/// Creates the objects every cluster has (system namespaces) if they are missing.
-async fn bootstrap(api: &Api) -> Result<(), ServerError> {
-    let namespaces =
-        resources::find("", "v1", "namespaces").ok_or_else(|| ServerError::Bootstrap {
-            what: "namespaces".into(),
-            message: "not served".into(),
-        })?;
-    for ns in SYSTEM_NAMESPACES {
-        let target = Target {
-            resource: namespaces,
-            namespace: None,
-            name: None,
-            subresource: None,
-        };
-        match api
-            .create(&target, json!({ "metadata": { "name": ns } }))
-            .await
-        {
-            Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => {
-                return Err(ServerError::Bootstrap {
-                    what: format!("namespace {ns}"),
-                    message: e.message,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A running API server.
 #[derive(Debug)]
 pub struct RunningServer {
@@ -571,14 +548,18 @@ pub async fn run(
             addr: options.listen,
             source,
         })?;
-    let credentials = pki::ensure(&options.data_dir, addr)?;
+    let advertise = options
+        .advertise
+        .unwrap_or_else(|| bootstrap::advertise_address(addr));
+    let credentials = pki::ensure(&options.data_dir, addr, advertise)?;
     let tls = serve::tls_config(&credentials)?;
     let api = Api {
         store,
         ranges: options.ranges,
         caches: Default::default(),
     };
-    bootstrap(&api).await?;
+    bootstrap::namespaces(&api).await?;
+    bootstrap::services(&api, advertise, addr.port()).await;
     // Start every resource's watch cache now, as kube-apiserver does, so its window covers
     // everything written since start-up: a client that lists and then watches from that list's
     // revision is served from the cache, never from a direct store watch.

@@ -140,9 +140,10 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// The names the serving certificate covers: the listen address (or every local name when it
-/// listens on all addresses), 127.0.0.1, localhost, the host name and the in-cluster names.
-pub fn serving_names(listen: SocketAddr) -> Vec<String> {
+/// The names the serving certificate covers: the listen address (or every address of this
+/// host when it listens on all of them), the advertised address, 127.0.0.1, localhost, the host
+/// name, the `kubernetes` Service's ClusterIP and the in-cluster names, as kube-apiserver's.
+pub fn serving_names(listen: SocketAddr, advertise: IpAddr) -> Vec<String> {
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -150,17 +151,28 @@ pub fn serving_names(listen: SocketAddr) -> Vec<String> {
         "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),
         "kubernetes.default.svc.cluster.local".to_string(),
+        KUBERNETES_SERVICE_IP.to_string(),
+        advertise.to_string(),
     ];
     if let Ok(host) = hostname::get() {
         names.push(host.to_string_lossy().to_string());
     }
-    if !listen.ip().is_unspecified() {
+    if listen.ip().is_unspecified() {
+        names.extend(
+            super::bootstrap::host_addresses()
+                .into_iter()
+                .map(|ip| ip.to_string()),
+        );
+    } else {
         names.push(listen.ip().to_string());
     }
     names.sort();
     names.dedup();
     names
 }
+
+/// The `kubernetes` Service's ClusterIP (the first address of the default service range).
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 fn serving_params(names: &[String]) -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -206,7 +218,11 @@ fn kubelet_client_params() -> CertificateParams {
 
 /// Loads the credentials from `data_dir`, making whatever is missing. The serving certificate is
 /// re-issued when `listen` needs a name it does not cover.
-pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiError> {
+pub fn ensure(
+    data_dir: &Path,
+    listen: SocketAddr,
+    advertise: IpAddr,
+) -> Result<Credentials, PkiError> {
     let pki = data_dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(io("create", &pki))?;
     std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o700))
@@ -229,7 +245,7 @@ pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiErr
         }
     };
 
-    let names = serving_names(listen);
+    let names = serving_names(listen, advertise);
     let wanted = names.join("\n");
     let existing = (
         read(&data_dir.join(SERVING_CERT))?,
@@ -403,11 +419,31 @@ mod tests {
     }
 
     #[test]
+    fn a_server_on_every_address_is_named_by_each_of_them() {
+        let any: SocketAddr = "0.0.0.0:6443".parse().expect("addr");
+        let advertise: IpAddr = "192.0.2.9".parse().expect("ip");
+        let names = serving_names(any, advertise);
+        for ip in super::super::bootstrap::host_addresses() {
+            assert!(names.contains(&ip.to_string()), "{ip} in {names:?}");
+        }
+        for name in [
+            "192.0.2.9",
+            "10.96.0.1",
+            "127.0.0.1",
+            "kubernetes.default.svc",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "0.0.0.0"));
+    }
+
+    #[test]
     fn credentials_are_made_once_and_reused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: SocketAddr = "127.0.0.1:6443".parse().expect("addr");
-        let first = ensure(dir.path(), listen).expect("first start");
-        let second = ensure(dir.path(), listen).expect("restart");
+        let advertise = listen.ip();
+        let first = ensure(dir.path(), listen, advertise).expect("first start");
+        let second = ensure(dir.path(), listen, advertise).expect("restart");
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_eq!(first.cert_pem, second.cert_pem);
         assert_eq!(first.admin_token, second.admin_token);
@@ -420,7 +456,8 @@ mod tests {
         assert!(first.kubelet_client_key_pem.contains("PRIVATE KEY"));
 
         // A new listen address needs a new serving certificate from the same CA.
-        let moved = ensure(dir.path(), "192.0.2.7:6443".parse().expect("addr")).expect("moved");
+        let moved_to: SocketAddr = "192.0.2.7:6443".parse().expect("addr");
+        let moved = ensure(dir.path(), moved_to, moved_to.ip()).expect("moved");
         assert_eq!(moved.ca_pem, first.ca_pem);
         assert_ne!(moved.cert_pem, first.cert_pem);
         let mode = std::fs::metadata(dir.path().join(CA_KEY))

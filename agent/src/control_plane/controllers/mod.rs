@@ -3,6 +3,7 @@
 //! They use only the Kubernetes API (kube-rs), never the store, so they work the same against
 //! any conforming API server.
 
+pub mod cluster_dns;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
@@ -68,6 +69,7 @@ pub async fn run_all(client: Client, options: ControllerOptions) {
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
         endpointslice::run(client.clone()),
+        cluster_dns::run(client.clone()),
         daemonset::run(client.clone()),
         node_lifecycle::run(client.clone(), options.lifecycle),
         gc::run(client.clone()),

@@ -54,10 +54,21 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Control
     // just deleted, or miss one just given a range), one node at a time.
     let _one_at_a_time = ctx.allocating.lock().await;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let used: HashSet<String> = nodes
-        .list(&Default::default())
-        .await?
-        .items
+    let live = nodes.list(&Default::default()).await?.items;
+    // The cached Node may predate this controller's own patch (a status write by the kubelet
+    // re-queues it before the cache sees the podCIDR): the live one decides, so a node never
+    // gets a second range.
+    let name = node.name_any();
+    if live.iter().any(|n| {
+        n.name_any() == name
+            && n.spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_ref())
+                .is_some_and(|c| !c.is_empty())
+    }) {
+        return Ok(Action::await_change());
+    }
+    let used: HashSet<String> = live
         .iter()
         .filter_map(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
         .collect();

@@ -125,6 +125,8 @@ pub struct Usage {
     pub pods: i64,
     /// Host ports in use, as (protocol, port).
     pub host_ports: Vec<(String, i32)>,
+    /// Pods per controlling owner (ReplicaSet, StatefulSet, Job... by uid), for spreading.
+    pub owners: std::collections::BTreeMap<String, i64>,
 }
 
 impl Usage {
@@ -139,6 +141,10 @@ impl Usage {
             requested: pod_requests(pod),
             pods: 1,
             host_ports: host_ports(pod),
+            owners: controller_uid(pod)
+                .map(|uid| (uid.to_string(), 1))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -147,6 +153,9 @@ impl Usage {
         self.requested += other.requested;
         self.pods += other.pods;
         self.host_ports.extend(other.host_ports.iter().cloned());
+        for (owner, n) in &other.owners {
+            *self.owners.entry(owner.clone()).or_default() += n;
+        }
     }
 
     /// Removes a usage added before.
@@ -157,6 +166,14 @@ impl Usage {
         for port in &other.host_ports {
             if let Some(i) = self.host_ports.iter().position(|p| p == port) {
                 self.host_ports.swap_remove(i);
+            }
+        }
+        for (owner, n) in &other.owners {
+            if let Some(count) = self.owners.get_mut(owner) {
+                *count -= n;
+                if *count <= 0 {
+                    self.owners.remove(owner);
+                }
             }
         }
     }
@@ -293,8 +310,20 @@ pub fn fits(pod: &Pod, node: &Node, usage: &Usage) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The uid of the pod's controlling owner (its ReplicaSet, StatefulSet, Job...), if any.
+fn controller_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
 /// Score of a node that fits (higher is better): least-allocated plus balanced allocation, each
-/// 0..=100, computed with the pod placed on it.
+/// 0..=100, computed with the pod placed on it, plus a spread score (0..=100) that prefers
+/// nodes with fewer pods of the same owner, as kube-scheduler's default topology spreading
+/// over hostnames does, so a Deployment's replicas land on different nodes.
 pub fn score(pod: &Pod, node: &Node, usage: &Usage) -> i64 {
     let capacity = allocatable(node);
     let asks = pod_requests(pod);
@@ -310,7 +339,13 @@ pub fn score(pod: &Pod, node: &Node, usage: &Usage) -> i64 {
     let pods = fraction(usage.pods + 1, capacity.pods);
     let least = ((1.0 - cpu) + (1.0 - memory) + (1.0 - pods)) / 3.0 * 100.0;
     let balanced = (1.0 - (cpu - memory).abs()) * 100.0;
-    (least + balanced).round() as i64
+    let siblings = controller_uid(pod)
+        .and_then(|uid| usage.owners.get(uid))
+        .copied()
+        .unwrap_or(0)
+        .max(0);
+    let spread = 100.0 / (1.0 + siblings as f64);
+    (least + balanced + spread).round() as i64
 }
 
 /// kube-scheduler's summary: `0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were not
@@ -444,7 +479,7 @@ mod tests {
                 memory: 6 * 1024 * 1024 * 1024,
             },
             pods: 10,
-            host_ports: Vec::new(),
+            ..Default::default()
         };
         assert!(score(&p, &n, &empty) > score(&p, &n, &busy));
         let reasons: HashMap<&'static str, usize> =
@@ -452,6 +487,32 @@ mod tests {
         assert_eq!(
             failure_message(3, &reasons),
             "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were not ready."
+        );
+    }
+
+    #[test]
+    fn replicas_of_one_owner_spread_over_nodes() {
+        let n = node("n", "4", "8Gi", json!({}));
+        let owned = |uid: &str| {
+            pod(
+                "0",
+                "0",
+                json!({ "metadata": { "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web", "uid": uid, "controller": true }] } }),
+            )
+        };
+        let mut with_sibling = Usage::default();
+        with_sibling.add(&owned("rs-1"));
+        let mut with_stranger = Usage::default();
+        with_stranger.add(&owned("rs-2"));
+        // Same pod count, same requests: only the owner differs.
+        assert!(
+            score(&owned("rs-1"), &n, &with_stranger) > score(&owned("rs-1"), &n, &with_sibling)
+        );
+        with_sibling.remove_usage(&Usage::of(&owned("rs-1")));
+        assert!(
+            with_sibling.owners.is_empty(),
+            "removing the pod forgets its owner"
         );
     }
 }

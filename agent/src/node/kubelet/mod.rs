@@ -80,6 +80,10 @@ pub struct KubeletOptions {
     /// The CA certificates (DER) whose client certificates the kubelet server accepts: the
     /// cluster CA from the kubeconfig's certificate-authority-data.
     pub client_ca: Vec<Vec<u8>>,
+    /// `--cluster-dns`, `--cluster-domain`: what pods with dnsPolicy ClusterFirst resolve with.
+    pub cluster_dns: crate::node::dns::resolv_conf::ClusterDns,
+    /// `--resolv-conf`: the node's resolver file, the pods' host DNS (`/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
 }
 
 /// Which container runtime the kubelet drives (`windlass agent --runtime`).
@@ -235,6 +239,8 @@ pub async fn run(
         },
         pod_log_dir: options.pod_log_dir.clone(),
         pids_limit: options.pids_limit,
+        cluster_dns: options.cluster_dns.clone(),
+        resolv_conf: options.resolv_conf.clone(),
         events: events::EventRecorder::start(client.clone(), options.node_name.clone()),
     });
     tracing::info!(node = %options.node_name, adopted_shims, runtime = %runtime_version, "kubelet started");

@@ -58,6 +58,10 @@ pub struct WorkerContext {
     pub pids_limit: Option<i64>,
     /// Pod events.
     pub events: EventRecorder,
+    /// The cluster DNS pods with dnsPolicy ClusterFirst get.
+    pub cluster_dns: crate::node::dns::resolv_conf::ClusterDns,
+    /// The node's resolv.conf (`--resolv-conf`).
+    pub resolv_conf: PathBuf,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -565,6 +569,12 @@ impl Worker {
             host_pid: spec.host_pid.unwrap_or(false),
             cgroup_parent: self.ctx.cgroups.pod_path(self.qos, &self.uid),
             log_directory: self.log_dir(),
+            dns: Some(crate::node::dns::resolv_conf::pod_dns(
+                &spec,
+                &self.namespace,
+                &self.ctx.cluster_dns,
+                &crate::node::kubelet::runtime::oci::node_resolv_conf_at(&self.ctx.resolv_conf),
+            )),
             privileged: spec
                 .containers
                 .iter()

@@ -56,6 +56,50 @@ pub async fn unreachable_route(handle: &Handle, net: Ipv4Addr, len: u8) -> Resul
         })
 }
 
+/// Removes `unreachable <cidr>` (`windlass reset`); a missing route is not an error.
+pub async fn remove_unreachable_route(
+    handle: &Handle,
+    (net, len): (Ipv4Addr, u8),
+) -> Result<(), NetError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net, len)
+        .kind(RouteType::Unreachable)
+        .build();
+    match handle.route().del(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(source) => Err(NetError::Request {
+            what: format!("delete unreachable route {net}/{len}"),
+            source,
+        }),
+    }
+}
+
+/// Deletes the link named `name` (`windlass reset` removes the pod bridge); a missing link is
+/// not an error.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetError> {
+    let mut found = handle.link().get().match_name(name.to_string()).execute();
+    let index = match found.try_next().await {
+        Ok(Some(link)) => link.header.index,
+        Ok(None) => return Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => return Ok(()),
+        Err(source) => {
+            return Err(NetError::Request {
+                what: format!("find link {name}"),
+                source,
+            });
+        }
+    };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+        Err(source) => Err(NetError::Request {
+            what: format!("delete link {name}"),
+            source,
+        }),
+    }
+}
+
 /// Every IPv4 address of the namespace with the index of its link.
 pub async fn addresses(handle: &Handle) -> Result<Vec<(u32, Ipv4Addr)>, NetError> {
     let messages: Vec<_> = handle

@@ -394,7 +394,14 @@ fn pod_sandbox_config(config: &SandboxConfig, resolv_conf: &str) -> cri::PodSand
         }),
         hostname: config.hostname.clone(),
         log_directory: config.log_directory.display().to_string(),
-        dns_config: Some(dns_config(resolv_conf)),
+        dns_config: Some(match &config.dns {
+            Some(dns) => cri::DnsConfig {
+                servers: dns.servers.clone(),
+                searches: dns.searches.clone(),
+                options: dns.options.clone(),
+            },
+            None => dns_config(resolv_conf),
+        }),
         port_mappings: Vec::new(),
         labels,
         annotations,
@@ -867,6 +874,7 @@ mod tests {
             cgroup_parent: "/r/kubepods/burstable/podu1".into(),
             log_directory: "/var/log/pods/default_web_u1".into(),
             privileged: false,
+            dns: None,
         }
     }
 

@@ -113,6 +113,10 @@ pub struct SandboxConfig {
     /// container in an unprivileged sandbox).
     #[serde(default)]
     pub privileged: bool,
+    /// The pod's resolver configuration from its dnsPolicy (none: the node's resolv.conf, as
+    /// sandboxes made before it existed have).
+    #[serde(default)]
+    pub dns: Option<crate::node::dns::resolv_conf::PodDns>,
 }
 
 /// A pod sandbox as the runtime holds it.

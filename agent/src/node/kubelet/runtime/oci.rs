@@ -901,7 +901,13 @@ fn write_pod_files(sandbox: &Sandbox) -> Result<(), RuntimeError> {
     let files = [
         ("hosts", hosts),
         ("hostname", format!("{hostname}\n")),
-        ("resolv.conf", node_resolv_conf()),
+        (
+            "resolv.conf",
+            match &sandbox.config.dns {
+                Some(dns) => dns.render(),
+                None => node_resolv_conf(),
+            },
+        ),
     ];
     for (name, contents) in files {
         let path = sandbox.dir.join(name);
@@ -914,7 +920,12 @@ fn write_pod_files(sandbox: &Sandbox) -> Result<(), RuntimeError> {
 /// (systemd-resolved's 127.0.0.53) is unreachable from a pod's network namespace, so then the
 /// upstream list systemd-resolved keeps is used, as kubelet and k3s do.
 pub fn node_resolv_conf() -> String {
-    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    node_resolv_conf_at(Path::new("/etc/resolv.conf"))
+}
+
+/// [`node_resolv_conf`] from the resolver file at `path` (kubelet's `--resolv-conf`).
+pub fn node_resolv_conf_at(path: &Path) -> String {
+    let main = std::fs::read_to_string(path).unwrap_or_default();
     let nameservers: Vec<&str> = main
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
