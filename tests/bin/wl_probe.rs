@@ -13,6 +13,12 @@
 //!   `recvfrom(2)` (DNS-shaped: one datagram out, one back).
 //! - `udp-serve PORT NAME`: answers every datagram with `NAME <the datagram>`, forever.
 //! - `connect ADDR:PORT`: one TCP connect; prints `ok <ms>` or `error <ERRNO NAME> <ms>`.
+//! - `peer-serve PORT`: answers every TCP connection with the client's address as it arrived
+//!   (`<ip>`, one line) and closes it, forever: shows whether a connection was masqueraded.
+//!
+//! - `dns-serve ADDR:PORT IP`: a stand-in upstream DNS server on UDP: every A question gets `IP`
+//!   (TTL 60), a name starting with `nx` NXDOMAIN, other types an empty NOERROR; prints
+//!   `<name>` for every question it answers.
 //!
 //! Failures to parse arguments or to reach the server exit with status 2 and a message on
 //! stderr.
@@ -122,6 +128,21 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
         }
+        "peer-serve" => {
+            let port: u16 = arg(1, "PORT")?
+                .parse()
+                .map_err(|e| format!("bad port: {e}"))?;
+            let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                .map_err(|e| format!("bind TCP port {port}: {e}"))?;
+            say(&format!("serving peer addresses on port {port}"));
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if let Ok(peer) = stream.peer_addr() {
+                    let _ = writeln!(stream, "{}", peer.ip());
+                }
+            }
+            Ok(())
+        }
         "connect" => {
             let addr = parse_addr(arg(1, "ADDR:PORT")?)?;
             let started = Instant::now();
@@ -138,6 +159,11 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
             }
             Ok(())
+        }
+        "dns-serve" => {
+            let addr = parse_addr(arg(1, "ADDR:PORT")?)?;
+            let answer: Ipv4Addr = arg(2, "IP")?.parse().map_err(|e| format!("bad IP: {e}"))?;
+            dns_serve(addr, answer)
         }
         other => Err(format!("unknown subcommand {other:?}")),
     }
@@ -176,4 +202,57 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// `dns-serve`: answers DNS questions over UDP from the wire format (one question per message).
+fn dns_serve(addr: SocketAddr, answer: Ipv4Addr) -> Result<(), String> {
+    let socket = UdpSocket::bind(addr).map_err(|e| format!("bind UDP {addr}: {e}"))?;
+    say(&format!("serving DNS on {addr}"));
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .map_err(|e| format!("recvfrom: {e}"))?;
+        let query = &buf[..n];
+        if n < 12 {
+            continue;
+        }
+        // The question: labels up to the root, then type and class.
+        let mut i = 12;
+        let mut labels = Vec::new();
+        while i < n && query[i] != 0 {
+            let len = usize::from(query[i]);
+            if len > 63 || i + 1 + len > n {
+                break;
+            }
+            labels.push(String::from_utf8_lossy(&query[i + 1..i + 1 + len]).into_owned());
+            i += 1 + len;
+        }
+        if i + 5 > n {
+            continue;
+        }
+        let question_end = i + 5;
+        let qtype = u16::from_be_bytes([query[i + 1], query[i + 2]]);
+        let name = labels.join(".");
+        say(&name);
+        let nx = name.starts_with("nx");
+        let mut reply = Vec::with_capacity(question_end + 16);
+        reply.extend_from_slice(&query[..2]);
+        // QR, opcode 0, RD copied, RA; rcode 3 for NXDOMAIN.
+        reply.push(0x80 | (query[2] & 0x01));
+        reply.push(0x80 | if nx { 3 } else { 0 });
+        let answers: u16 = if !nx && qtype == 1 { 1 } else { 0 };
+        reply.extend_from_slice(&[0, 1]);
+        reply.extend_from_slice(&answers.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, 0, 0]);
+        reply.extend_from_slice(&query[12..question_end]);
+        if answers == 1 {
+            // A pointer to the question's name, A, IN, TTL 60, 4 bytes.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&answer.octets());
+        }
+        if let Err(e) = socket.send_to(&reply, from) {
+            eprintln!("wl-probe: reply to {from}: {e}");
+        }
+    }
 }

@@ -87,6 +87,16 @@ impl TestServer {
     /// certificate covers `ip` and `admin.kubeconfig` points at it; only processes inside the
     /// topology reach it, so [`TestServer::kubectl`] and [`TestServer::curl`] run there.
     pub fn start_in(netns: &crate::NetNs, ip: Ipv4Addr) -> Result<Self, HarnessError> {
+        Self::start_in_with(netns, ip, &[])
+    }
+
+    /// [`TestServer::start_in`] with extra `windlass server` flags (shorter node lifecycle
+    /// timeouts, for example).
+    pub fn start_in_with(
+        netns: &crate::NetNs,
+        ip: Ipv4Addr,
+        extra_args: &[&str],
+    ) -> Result<Self, HarnessError> {
         let data = tempfile::Builder::new()
             .prefix(&format!("{}-server", prefix::unique()))
             .tempdir()
@@ -97,7 +107,7 @@ impl TestServer {
             data,
             backend: Backend::Sqlite,
             etcd: None,
-            extra_args: Vec::new(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             netns: Some(netns.path().to_path_buf()),
         };
         server.spawn()?;

@@ -59,7 +59,10 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+        // Gone already is fine: `windlass reset` removes an empty pin root itself.
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             eprintln!(
                 "could not remove pin directory {}: {e}",
                 self.path.display()

@@ -29,6 +29,7 @@ pub mod containerd;
 pub mod etcd;
 pub mod fake_kubelet;
 pub mod leaks;
+pub mod multinode;
 pub mod oci_image;
 pub mod prefix;
 pub mod prereq;
