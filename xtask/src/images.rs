@@ -7,6 +7,12 @@
 //! - `iperf3.tar`, `windlass.local/iperf3:latest`: `/usr/bin/iperf3` with every shared library
 //!   `ldd` lists and the dynamic loader, each at the path `ldd` gives; entrypoint `iperf3`.
 //!
+//! - `windlass.tar`, `windlass.local/windlass:latest` (only with `--windlass`): the DaemonSet image
+//!   of `deploy/windlass.yaml`. `windlass`, `windlass-cni` and `windlass-shim` from
+//!   `target/release` (or `target/debug`) in `/usr/local/bin`, the shared libraries `ldd` lists for
+//!   them, and Debian's busybox-static with its applets (the init container's `sh`, `cp`, `mv`);
+//!   entrypoint `windlass`. The binaries are not built here: run `cargo build --release --bins`.
+//!
 //! The output is deterministic (the writer fixes owners and mtimes), and an archive whose bytes
 //! would not change is left alone, so running the task twice rewrites nothing.
 
@@ -31,6 +37,10 @@ use oci_image::{Entry, HOST_BUSYBOX, Image};
 const BUSYBOX_IMAGE: &str = "windlass.local/busybox:latest";
 /// The reference of the iperf3 image.
 const IPERF3_IMAGE: &str = "windlass.local/iperf3:latest";
+/// The reference of the DaemonSet image (`deploy/windlass.yaml`).
+const WINDLASS_IMAGE: &str = "windlass.local/windlass:latest";
+/// The binaries the DaemonSet image carries, in `/usr/local/bin`.
+const WINDLASS_BINARIES: [&str; 3] = ["windlass", "windlass-cni", "windlass-shim"];
 /// Where the host's iperf3 is (Debian's `iperf3` package, which `cargo xtask deps` installs).
 const HOST_IPERF3: &str = "/usr/bin/iperf3";
 
@@ -38,14 +48,24 @@ const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
                       nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnobody:x:65534:\n";
 
-/// Writes both archives into `target/images/`.
+/// Writes the test archives (`busybox.tar`, `iperf3.tar`) into `target/images/`.
 pub fn run() -> Result<()> {
-    let dir = paths::target_dir().join("images");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (file, image) in [
+    write_all(vec![
         ("busybox.tar", busybox_image()?),
         ("iperf3.tar", iperf3_image()?),
-    ] {
+    ])
+}
+
+/// Writes the DaemonSet archive `windlass.tar` into `target/images/`, from the binaries in
+/// `target/<profile>/` (`release` or `debug`).
+pub fn run_windlass(profile: &str) -> Result<()> {
+    write_all(vec![("windlass.tar", windlass_image(profile)?)])
+}
+
+fn write_all(images: Vec<(&str, Image)>) -> Result<()> {
+    let dir = paths::target_dir().join("images");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, image) in images {
         let out = dir.join(file);
         let changed = write_if_changed(&image, &out)?;
         println!(
@@ -80,6 +100,20 @@ fn write_if_changed(image: &Image, out: &Path) -> Result<bool> {
 }
 
 fn busybox_image() -> Result<Image> {
+    Ok(Image::from_reference(BUSYBOX_IMAGE)?
+        .entries(static_busybox_rootfs()?)
+        .entry(Entry::file("etc/passwd", 0o644, PASSWD))
+        .entry(Entry::file("etc/group", 0o644, GROUP))
+        .entry(Entry::Dir {
+            path: "root".into(),
+            mode: 0o700,
+        })
+        .cmd(&["sh"]))
+}
+
+/// Debian's busybox-static at `/bin/busybox` with a `/bin/<applet>` symlink for every applet
+/// `busybox --list` names, and the directories runc mounts on.
+fn static_busybox_rootfs() -> Result<Vec<Entry>> {
     let busybox = Path::new(HOST_BUSYBOX);
     let is_static = oci_image::is_static_elf(busybox)
         .with_context(|| format!("cannot read {HOST_BUSYBOX}: run `cargo xtask deps`"))?;
@@ -96,15 +130,7 @@ fn busybox_image() -> Result<Image> {
         .collect();
     applets.sort_unstable();
     applets.dedup();
-    Ok(Image::from_reference(BUSYBOX_IMAGE)?
-        .entries(oci_image::busybox_rootfs(busybox, &applets))
-        .entry(Entry::file("etc/passwd", 0o644, PASSWD))
-        .entry(Entry::file("etc/group", 0o644, GROUP))
-        .entry(Entry::Dir {
-            path: "root".into(),
-            mode: 0o700,
-        })
-        .cmd(&["sh"]))
+    Ok(oci_image::busybox_rootfs(busybox, &applets))
 }
 
 fn iperf3_image() -> Result<Image> {
@@ -122,6 +148,46 @@ fn iperf3_image() -> Result<Image> {
         .entry(Entry::file("etc/group", 0o644, GROUP))
         .entrypoint(&["iperf3"]);
     for library in shared_libraries(Path::new(HOST_IPERF3))? {
+        let path = library.to_string_lossy().into_owned();
+        image = image.entry(Entry::host_file(&path, 0o755, &library));
+    }
+    Ok(image)
+}
+
+/// The DaemonSet image: the three binaries of `target/<profile>/`, their shared libraries, and
+/// busybox for the init container's shell.
+fn windlass_image(profile: &str) -> Result<Image> {
+    let bin_dir = paths::target_dir().join(profile);
+    let build = if profile == "release" {
+        "cargo build --release --bins"
+    } else {
+        "cargo build --bins"
+    };
+    let mut image = Image::from_reference(WINDLASS_IMAGE)?
+        .entries(static_busybox_rootfs()?)
+        .entry(Entry::file("etc/passwd", 0o644, PASSWD))
+        .entry(Entry::file("etc/group", 0o644, GROUP))
+        .env("PATH", "/usr/local/bin:/bin")
+        .entrypoint(&["/usr/local/bin/windlass"]);
+    let mut libraries = Vec::new();
+    for name in WINDLASS_BINARIES {
+        let binary = bin_dir.join(name);
+        if !binary.is_file() {
+            bail!(
+                "{} is missing: run `{build}` first (the image task does not build)",
+                binary.display()
+            );
+        }
+        image = image.entry(Entry::host_file(
+            &format!("usr/local/bin/{name}"),
+            0o755,
+            &binary,
+        ));
+        libraries.extend(shared_libraries(&binary)?);
+    }
+    libraries.sort();
+    libraries.dedup();
+    for library in libraries {
         let path = library.to_string_lossy().into_owned();
         image = image.entry(Entry::host_file(&path, 0o755, &library));
     }

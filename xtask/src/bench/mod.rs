@@ -2,6 +2,7 @@
 //! `target/bench/`; `docs/benchmarks.md` keeps the figures with the command that made them.
 
 mod apiserver;
+pub mod chart;
 mod cni;
 mod kubelet;
 mod node;
@@ -24,7 +25,8 @@ pub fn run(name: &str) -> Result<()> {
         "scheduler" => scheduler::run(),
         other => {
             bail!(
-                "unknown benchmark {other:?}; available: apiserver, cni, kubelet, proxy, scheduler"
+                "unknown benchmark {other:?}; available: apiserver, cni, kubelet, proxy, scheduler \
+                 (and `chart`, the proxy chart)"
             )
         }
     }
