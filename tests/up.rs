@@ -74,8 +74,9 @@ impl Up {
         command.output().expect("run windlass")
     }
 
-    /// Starts `windlass up` and returns the lines it printed up to the KUBECONFIG hint.
-    fn start(&mut self) -> Vec<String> {
+    /// Starts `windlass up [up_flags]` and returns the lines it printed up to the KUBECONFIG
+    /// hint.
+    fn start(&mut self, up_flags: &[&str]) -> Vec<String> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -85,10 +86,13 @@ impl Up {
             "up".into(),
             "--data-dir".into(),
             self.dir().display().to_string(),
+        ];
+        args.extend(up_flags.iter().map(|f| f.to_string()));
+        args.extend([
             "--".into(),
             "--pod-log-dir".into(),
             self.dir().join("logs").display().to_string(),
-        ];
+        ]);
         args.extend(self.node_flags());
         let _ = nix::sys::prctl::set_child_subreaper(true);
         let mut child = Command::new("nsenter")
@@ -321,7 +325,7 @@ fn up_runs_the_readme_walk_survives_ctrl_c_and_reset_removes_everything() {
     assert!(import.status.success(), "import busybox: {import:?}");
 
     // One command; it says where the kubeconfig is and what to type.
-    let printed = up.start();
+    let printed = up.start(&[]);
     let kubeconfig = up.dir().join("admin.kubeconfig");
     assert!(
         printed.iter().any(|l| l.contains(&format!(
@@ -406,7 +410,7 @@ fn up_runs_the_readme_walk_survives_ctrl_c_and_reset_removes_everything() {
     );
 
     // A second `up` re-adopts them: same containers, same PIDs, no restarts.
-    up.start();
+    up.start(&[]);
     until("the web pods to be Ready again", || ready_web_pods(&up));
     assert_eq!(up.containers(), before, "re-adopted, not restarted");
     let pods = up.json(&["get", "pods", "-l", "app=web"]).expect("pods");
@@ -436,7 +440,45 @@ fn up_runs_the_readme_walk_survives_ctrl_c_and_reset_removes_everything() {
         "while the node runs, its pods' traffic out of the cluster is masqueraded"
     );
 
+    // With --stop-pods, Ctrl-C also stops the pods.
+    assert!(up.interrupt().success());
+    up.start(&["--stop-pods"]);
+    up.kubectl(&[
+        "run",
+        "stopped",
+        "--image=windlass.local/busybox:latest",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .expect("run a pod");
+    until("the pod to run", || {
+        (up.containers().len() == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", up.containers()))
+    });
+    assert!(
+        up.interrupt().success(),
+        "windlass up --stop-pods exits cleanly"
+    );
+    assert!(
+        up.containers().is_empty(),
+        "--stop-pods stopped the pod: {:?}",
+        up.containers()
+    );
+
     // Leave one pod running for reset to remove.
+    up.start(&[]);
+    up.kubectl(&["delete", "pod", "stopped", "--wait=false"])
+        .expect("delete the stopped pod");
+    until("the stopped pod to be gone", || {
+        let pods = up.json(&["get", "pods"])?;
+        let none = pods["items"].as_array().is_none_or(|a| a.is_empty());
+        (none && up.containers().is_empty())
+            .then_some(())
+            .ok_or_else(|| pods.to_string())
+    });
     up.kubectl(&[
         "run",
         "left",

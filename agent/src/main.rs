@@ -370,52 +370,38 @@ async fn run_parts(
     kubelet: bool,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let dns = {
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            match dns {
-                Some(dns) => windlass::node::dns::run(client, dns, shutdown)
-                    .await
-                    .context("the cluster DNS server failed"),
-                None => Ok(()),
-            }
-        }
-    };
-    let kubelet = {
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            if kubelet {
-                windlass::node::kubelet::run(client, options, shutdown)
-                    .await
-                    .context("the kubelet failed")
-            } else {
-                Ok(())
-            }
-        }
-    };
-    let proxy = {
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            match proxy {
-                Some(proxy) => windlass::node::proxy::run(client, proxy, shutdown)
-                    .await
-                    .context("the service proxy failed"),
-                None => Ok(()),
-            }
-        }
-    };
-    let network = {
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            match network {
-                Some(network) => windlass::node::network::run(client, network, shutdown)
-                    .await
-                    .context("the node network failed"),
-                None => Ok(()),
-            }
-        }
-    };
+    use windlass::node::{dns as dns_server, kubelet as node_kubelet, network as node_network};
+    let kubelet = part(
+        kubelet.then(|| node_kubelet::run(client.clone(), options, shutdown.clone())),
+        "the kubelet failed",
+    );
+    let proxy = part(
+        proxy.map(|p| windlass::node::proxy::run(client.clone(), p, shutdown.clone())),
+        "the service proxy failed",
+    );
+    let network = part(
+        network.map(|n| node_network::run(client.clone(), n, shutdown.clone())),
+        "the node network failed",
+    );
+    let dns = part(
+        dns.map(|d| dns_server::run(client.clone(), d, shutdown.clone())),
+        "the cluster DNS server failed",
+    );
     tokio::try_join!(kubelet, proxy, network, dns).map(|_| ())
+}
+
+/// One part of the agent, if it runs at all; its error says which part failed.
+async fn part<E>(
+    run: Option<impl std::future::Future<Output = Result<(), E>>>,
+    what: &'static str,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match run {
+        Some(run) => run.await.context(what),
+        None => Ok(()),
+    }
 }
 
 /// Parses `windlass agent` flags (for `windlass up`, which runs an agent with its defaults).

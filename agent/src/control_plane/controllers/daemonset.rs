@@ -74,6 +74,8 @@ fn eligible(ds: &DaemonSet, node: &Node, running: bool) -> bool {
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    super::synced(&ctx.nodes).await?;
+    super::synced(&ctx.pods).await?;
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -129,6 +129,7 @@ async fn reconcile(
     deployment: Arc<Deployment>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    super::synced(&ctx.sets).await?;
     if deployment.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

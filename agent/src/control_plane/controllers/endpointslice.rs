@@ -126,6 +126,7 @@ fn desired(service: &Service, pods: &[Arc<Pod>]) -> Vec<Value> {
 }
 
 async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    super::synced(&ctx.pods).await?;
     let selector = service
         .spec
         .as_ref()

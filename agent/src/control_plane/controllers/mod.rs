@@ -103,6 +103,19 @@ where
     (store, stream)
 }
 
+/// Waits until `store` holds its first complete list: a controller that decided on a partial
+/// cache (after a restart, say) would create pods that exist or miss leases that were renewed,
+/// which is why kube-controller-manager waits for its informers to sync.
+pub async fn synced<K>(store: &kube::runtime::reflector::Store<K>) -> Result<(), ControllerError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|_| ControllerError::Invalid("the watch cache closed".into()))
+}
+
 /// Every resource the server serves (its recommended version), from discovery, retried until
 /// the server answers.
 pub async fn discover(

@@ -93,6 +93,8 @@ fn toleration(pod: &Pod, default: Duration) -> Option<Duration> {
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    super::synced(&ctx.leases).await?;
+    super::synced(&ctx.pods).await?;
     let name = node.name_any();
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let grace = ctx.options.grace.as_secs_f64();

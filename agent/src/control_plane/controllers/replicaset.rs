@@ -92,6 +92,7 @@ fn deletion_rank(pod: &Pod) -> (bool, bool, std::cmp::Reverse<String>) {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    super::synced(&ctx.pods).await?;
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
