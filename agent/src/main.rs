@@ -421,7 +421,7 @@ fn run_up(args: cli::UpArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
-    runtime.block_on(async {
+    let stop = runtime.block_on(async {
         let shutdown: Shutdown = shutdown_signal().boxed().shared();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let server = server::run(
@@ -497,16 +497,22 @@ fn run_up(args: cli::UpArgs) -> anyhow::Result<()> {
                 kubeconfig.display()
             );
             run_agent(agent, shutdown.clone()).await?;
-            if args.stop_pods {
-                let (containers, sandboxes) = windlass::node::reset::stop_pods(&stop)
-                    .await
-                    .context("cannot stop the pods")?;
-                println!("stopped {containers} containers in {sandboxes} pods");
-            }
-            anyhow::Ok(())
+            anyhow::Ok(stop)
         };
-        tokio::try_join!(server, agent).map(|_| ())
-    })
+        tokio::try_join!(server, agent).map(|(_, stop)| stop)
+    })?;
+    // The agent's tasks (pod workers, watches) end with its runtime; only then are the pods
+    // stopped, so nothing of the agent's works on them at the same time.
+    drop(runtime);
+    if args.stop_pods {
+        let runtime =
+            tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+        let (containers, sandboxes) = runtime
+            .block_on(windlass::node::reset::stop_pods(&stop))
+            .context("cannot stop the pods")?;
+        println!("stopped {containers} containers in {sandboxes} pods");
+    }
+    Ok(())
 }
 
 /// `windlass reset`: removes what an agent set up on this node.

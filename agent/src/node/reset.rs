@@ -116,6 +116,13 @@ pub async fn stop_pods(options: &ResetOptions) -> Result<(usize, usize), ResetEr
             Ok(()) => {
                 tracing::info!(pod = %sandbox.config.name, namespace = %sandbox.config.namespace, "pod sandbox removed")
             }
+            // Removed meanwhile (by a pod worker finishing a deletion): gone is what we want.
+            Err(_)
+                if !options
+                    .data_dir
+                    .join("sandboxes")
+                    .join(&sandbox.id)
+                    .exists() => {}
             Err(e) => errors.push(failed(format!("remove sandbox {}", sandbox.id), e)),
         }
     }
