@@ -237,26 +237,7 @@ impl Drop for Up {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let runc_root = self.dir().join("runc");
-        for (id, _) in self.containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force", &id])
-                .output();
-        }
-        let data = self.dir().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&data))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = windlass_tests::cgroup::remove_everywhere(&self.cgroup_root);
+        windlass_tests::agent::remove_node_state(self.dir(), &self.cgroup_root);
         let _ = std::fs::remove_file(&self.log);
     }
 }

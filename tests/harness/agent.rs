@@ -391,37 +391,43 @@ impl TestAgent {
 
     fn cleanup(&mut self) {
         self.kill9();
-        let runc_root = self.data.path().join("runc");
-        if runc_root.is_dir() {
-            let list = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["list", "-q"])
-                .output();
-            if let Ok(list) = list {
-                for id in String::from_utf8_lossy(&list.stdout).lines() {
-                    let _ = Command::new("runc")
-                        .arg("--root")
-                        .arg(&runc_root)
-                        .args(["delete", "--force", id])
-                        .output();
-                }
+        remove_node_state(self.data.path(), &self.cgroup_root);
+    }
+}
+
+/// Removes what an agent with data dir `data` and cgroup root `cgroup_root` left running or
+/// mounted: its runc containers, the mounts under `data` (overlay rootfs, pinned namespaces,
+/// tmpfs volumes) and its cgroups. For clean-up after a test, whatever state it ended in.
+pub fn remove_node_state(data: &Path, cgroup_root: &str) {
+    let runc_root = data.join("runc");
+    if runc_root.is_dir() {
+        let list = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(list) = list {
+            for id in String::from_utf8_lossy(&list.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .output();
             }
         }
-        // Mounts under the data dir: overlay rootfs, pinned namespaces, tmpfs volumes.
-        let data = self.data.path().display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&data))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = crate::cgroup::remove_everywhere(&self.cgroup_root);
     }
+    let data = data.display().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&data))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = crate::cgroup::remove_everywhere(cgroup_root);
 }
 
 impl Drop for TestAgent {
