@@ -37,19 +37,11 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// Debian's kubectl 1.20, which sends JSON bodies. kubectl >= 1.31 sends the bodies of creates
-/// and replaces of built-in types as protobuf, which this server does not decode yet; every other
-/// verb runs through every kubectl under test.
-fn json_kubectl() -> std::path::PathBuf {
-    kubectls().remove(0)
-}
-
 fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
     let server = TestServer::start(backend).expect("start windlass server");
-    let creator = json_kubectl();
     for (i, k) in kubectls().iter().enumerate() {
         let ns = format!("team-{i}");
-        server.kubectl_ok(&creator, &["create", "namespace", &ns]);
+        server.kubectl_ok(k, &["create", "namespace", &ns]);
         let table = server.kubectl_ok(k, &["get", "namespaces"]);
         assert!(
             table.lines().next().is_some_and(
@@ -65,7 +57,7 @@ fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
         );
 
         server.kubectl_ok(
-            &creator,
+            k,
             &[
                 "-n",
                 &ns,
@@ -123,7 +115,7 @@ fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
         assert_eq!(by_field.trim(), "configmap/cfg");
 
         server.kubectl_ok(
-            &creator,
+            k,
             &[
                 "-n",
                 &ns,
@@ -170,7 +162,7 @@ fn kubectl_creates_lists_labels_scales_and_deletes(backend: Backend) {
         );
 
         server.kubectl_ok(
-            &creator,
+            k,
             &[
                 "-n",
                 &ns,
@@ -900,7 +892,8 @@ fn python_client_works_unmodified(backend: Backend) {
 
 fn kubectl_watch_sees_changes_live(backend: Backend) {
     let server = TestServer::start(backend).expect("start windlass server");
-    let creator = json_kubectl();
+    // The newest kubectl here: `kubectl run` sends its pod as protobuf from 1.31 on.
+    let creator = kubectls().pop().expect("a kubectl");
     let run = |name: &str| {
         server.kubectl_ok(
             &creator,

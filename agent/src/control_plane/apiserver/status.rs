@@ -207,6 +207,11 @@ impl ApiError {
                 "Timeout",
                 format!("Too large resource version: {requested}, current: {current}"),
             ),
+            // Requests still in flight while the server shuts down (Ctrl-C on `windlass up`):
+            // expected, not an error worth a log line.
+            StoreError::Closed => {
+                Self::new(503, "ServiceUnavailable", "the server is shutting down")
+            }
             other => {
                 tracing::error!(resource, name, error = %other, "store request failed");
                 Self::internal(format!("storage error: {other}"))
