@@ -212,18 +212,20 @@ async fn run_agent(args: cli::AgentArgs, shutdown: Shutdown) -> anyhow::Result<(
         Some(name) => name,
         None => host_name()?,
     };
+    let node_ip: Option<std::net::Ipv4Addr> = args
+        .node_ip
+        .as_deref()
+        .map(|ip| {
+            ip.parse()
+                .with_context(|| format!("--node-ip {ip:?} is not an IPv4 address"))
+        })
+        .transpose()?;
     let proxy = if args.disable_proxy {
         None
     } else {
         Some(windlass::node::proxy::ProxyOptions {
             node_name: node_name.clone(),
-            node_ip: match &args.node_ip {
-                Some(ip) => Some(
-                    ip.parse()
-                        .with_context(|| format!("--node-ip {ip:?} is not an IPv4 address"))?,
-                ),
-                None => None,
-            },
+            node_ip,
             bpf_root: args.bpf_root.clone(),
             cgroup_dir: cgroup_v2_dir(&args.cgroup_root),
             service_cidr: parse_service_cidr(&args.service_cidr)?,
@@ -242,13 +244,7 @@ async fn run_agent(args: cli::AgentArgs, shutdown: Shutdown) -> anyhow::Result<(
         let (ip, len) = parse_cidr(&args.cluster_cidr)?;
         Some(windlass::node::network::NetworkOptions {
             node_name: node_name.clone(),
-            node_ip: match &args.node_ip {
-                Some(ip) => Some(
-                    ip.parse()
-                        .with_context(|| format!("--node-ip {ip:?} is not an IPv4 address"))?,
-                ),
-                None => None,
-            },
+            node_ip,
             overlay: match args.overlay {
                 cli::Overlay::None => windlass::node::network::Overlay::None,
                 cli::Overlay::Vxlan => windlass::node::network::Overlay::Vxlan,
@@ -263,7 +259,7 @@ async fn run_agent(args: cli::AgentArgs, shutdown: Shutdown) -> anyhow::Result<(
     } else {
         Some(dns_options(
             args.dns_bind_address,
-            args.node_ip.as_deref(),
+            node_ip,
             &args.cluster_domain,
             &args.resolv_conf,
         )?)
@@ -557,7 +553,7 @@ fn beside(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// `--cluster-domain` and the nameservers of `--resolv-conf`.
 fn dns_options(
     bind_address: Option<std::net::SocketAddr>,
-    node_ip: Option<&str>,
+    node_ip: Option<std::net::Ipv4Addr>,
     cluster_domain: &str,
     resolv_conf: &std::path::Path,
 ) -> anyhow::Result<windlass::node::dns::DnsOptions> {
@@ -565,15 +561,14 @@ fn dns_options(
         Some(addr) => addr,
         None => {
             let ip = match node_ip {
-                Some(ip) => ip.to_string(),
-                None => windlass::node::kubelet::first_ipv4().context(
-                    "cannot pick the DNS server's address: no --node-ip and no global IPv4 address; pass --dns-bind-address or --disable-dns",
-                )?,
+                Some(ip) => ip,
+                None => windlass::node::kubelet::first_ipv4()
+                    .and_then(|ip| ip.parse().ok())
+                    .context(
+                        "cannot pick the DNS server's address: no --node-ip and no global IPv4 address; pass --dns-bind-address or --disable-dns",
+                    )?,
             };
-            let ip: std::net::IpAddr = ip
-                .parse()
-                .with_context(|| format!("--node-ip {ip:?} is not an IP address"))?;
-            std::net::SocketAddr::new(ip, 53)
+            std::net::SocketAddr::new(ip.into(), 53)
         }
     };
     let upstreams = windlass::node::dns::upstreams_from_resolv_conf(resolv_conf)

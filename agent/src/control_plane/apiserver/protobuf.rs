@@ -685,6 +685,23 @@ fn go_duration(nanos: i64) -> String {
 
 use Ty::{B, I32, I64, M, S, XFieldsV1, XIntOrString, XMicroTime, XQuantity, XTime, Y};
 
+/// `core.Container` and `core.EphemeralContainerCommon` have the same fields, numbers included.
+#[rustfmt::skip]
+const CONTAINER_FIELDS: &[Field] = &[
+    k(1, "name", S), o(2, "image", S), r(3, "command", S), r(4, "args", S),
+    o(5, "workingDir", S), r(6, "ports", M("core.ContainerPort")),
+    r(19, "envFrom", M("core.EnvFromSource")), r(7, "env", M("core.EnvVar")),
+    o(8, "resources", M("core.ResourceRequirements")),
+    r(23, "resizePolicy", M("core.ContainerResizePolicy")), k(24, "restartPolicy", S),
+    r(25, "restartPolicyRules", M("core.ContainerRestartRule")),
+    r(9, "volumeMounts", M("core.VolumeMount")), r(21, "volumeDevices", M("core.VolumeDevice")),
+    k(10, "livenessProbe", M("core.Probe")), k(11, "readinessProbe", M("core.Probe")),
+    k(22, "startupProbe", M("core.Probe")), k(12, "lifecycle", M("core.Lifecycle")),
+    o(13, "terminationMessagePath", S), o(20, "terminationMessagePolicy", S),
+    o(14, "imagePullPolicy", S), k(15, "securityContext", M("core.SecurityContext")),
+    o(16, "stdin", B), o(17, "stdinOnce", B), o(18, "tty", B),
+];
+
 /// Every message reachable from [`ROOTS`], sorted by name for binary search. Names are
 /// `<group>.<Message>`, with `meta` for apimachinery's meta/v1.
 #[rustfmt::skip]
@@ -938,20 +955,7 @@ static MESSAGES: &[(&str, &[Field])] = &[
         inl(1, "", M("core.LocalObjectReference")), r(2, "items", M("core.KeyToPath")),
         k(3, "defaultMode", I32), k(4, "optional", B), k(5, "defaultUser", I64),
     ]),
-    ("core.Container", &[
-        k(1, "name", S), o(2, "image", S), r(3, "command", S), r(4, "args", S),
-        o(5, "workingDir", S), r(6, "ports", M("core.ContainerPort")),
-        r(19, "envFrom", M("core.EnvFromSource")), r(7, "env", M("core.EnvVar")),
-        o(8, "resources", M("core.ResourceRequirements")),
-        r(23, "resizePolicy", M("core.ContainerResizePolicy")), k(24, "restartPolicy", S),
-        r(25, "restartPolicyRules", M("core.ContainerRestartRule")),
-        r(9, "volumeMounts", M("core.VolumeMount")), r(21, "volumeDevices", M("core.VolumeDevice")),
-        k(10, "livenessProbe", M("core.Probe")), k(11, "readinessProbe", M("core.Probe")),
-        k(22, "startupProbe", M("core.Probe")), k(12, "lifecycle", M("core.Lifecycle")),
-        o(13, "terminationMessagePath", S), o(20, "terminationMessagePolicy", S),
-        o(14, "imagePullPolicy", S), k(15, "securityContext", M("core.SecurityContext")),
-        o(16, "stdin", B), o(17, "stdinOnce", B), o(18, "tty", B),
-    ]),
+    ("core.Container", CONTAINER_FIELDS),
     ("core.ContainerExtendedResourceRequest", &[
         k(1, "containerName", S), k(2, "resourceName", S), k(3, "requestName", S),
     ]),
@@ -1046,20 +1050,7 @@ static MESSAGES: &[(&str, &[Field])] = &[
     ("core.EphemeralContainer", &[
         inl(1, "", M("core.EphemeralContainerCommon")), o(2, "targetContainerName", S),
     ]),
-    ("core.EphemeralContainerCommon", &[
-        k(1, "name", S), o(2, "image", S), r(3, "command", S), r(4, "args", S),
-        o(5, "workingDir", S), r(6, "ports", M("core.ContainerPort")),
-        r(19, "envFrom", M("core.EnvFromSource")), r(7, "env", M("core.EnvVar")),
-        o(8, "resources", M("core.ResourceRequirements")),
-        r(23, "resizePolicy", M("core.ContainerResizePolicy")), k(24, "restartPolicy", S),
-        r(25, "restartPolicyRules", M("core.ContainerRestartRule")),
-        r(9, "volumeMounts", M("core.VolumeMount")), r(21, "volumeDevices", M("core.VolumeDevice")),
-        k(10, "livenessProbe", M("core.Probe")), k(11, "readinessProbe", M("core.Probe")),
-        k(22, "startupProbe", M("core.Probe")), k(12, "lifecycle", M("core.Lifecycle")),
-        o(13, "terminationMessagePath", S), o(20, "terminationMessagePolicy", S),
-        o(14, "imagePullPolicy", S), k(15, "securityContext", M("core.SecurityContext")),
-        o(16, "stdin", B), o(17, "stdinOnce", B), o(18, "tty", B),
-    ]),
+    ("core.EphemeralContainerCommon", CONTAINER_FIELDS),
     ("core.EphemeralVolumeSource", &[
         k(1, "volumeClaimTemplate", M("core.PersistentVolumeClaimTemplate")),
     ]),
